@@ -1,0 +1,104 @@
+"""A small, deterministic training loop shared by the chapters.
+
+:func:`fit` trains a classifier with mini-batch SGD (or Adam), prints one
+progress line per logged epoch (epoch, loss, accuracies; no timings, so the
+output is reproducible) and returns the history for plotting with
+:func:`layers.viz.plot_training_curves`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .data import Digits, batches
+
+__all__ = ["accuracy", "fit", "History"]
+
+History = dict[str, list[float]]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Fraction of rows of ``x`` whose arg-max logit equals ``y``. ``x``: ``(N, ...)``, ``y``: ``(N,)``."""
+    was_training = model.training
+    model.eval()
+    correct = (model(x).argmax(dim=-1) == y).float().mean().item()
+    model.train(was_training)
+    return correct
+
+
+def fit(
+    model: nn.Module,
+    data: Digits,
+    *,
+    epochs: int = 10,
+    lr: float = 0.1,
+    batch_size: int = 64,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    seed: int = 0,
+    log_every: int = 1,
+    on_step: Callable[[nn.Module, int], None] | None = None,
+    verbose: bool = True,
+) -> History:
+    """Train ``model`` on ``data`` and return its history.
+
+    Args:
+        model: maps ``(B, *)`` inputs to ``(B, num_classes)`` logits.
+        data: the split to train and evaluate on.
+        epochs: passes over the training set.
+        lr: learning rate.
+        batch_size: mini-batch size.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty passed to the optimizer.
+        loss_fn: ``loss_fn(logits, targets)``; cross-entropy if ``None``.
+        seed: seeds the batch order (the model's initialization is the caller's).
+        log_every: print a progress line every this many epochs (and the last).
+        on_step: called as ``on_step(model, step)`` after every optimizer step
+            (to record a parameter, say).
+        verbose: print progress lines.
+
+    Returns:
+        ``{"epoch", "loss", "train_acc", "test_acc"}``, one entry per epoch;
+        ``loss`` is the mean training loss of the epoch.
+    """
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"fit: expected optimizer 'sgd' or 'adam', got {optimizer!r}")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    history: History = {"epoch": [], "loss": [], "train_acc": [], "test_acc": []}
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for xb, yb in batches(data.x_train, data.y_train, batch_size, gen):
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fit: loss became {loss.item()} at epoch {epoch}, step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if on_step is not None:
+                on_step(model, step)
+            total += loss.item() * len(xb)
+            count += len(xb)
+        history["epoch"].append(epoch)
+        history["loss"].append(total / count)
+        history["train_acc"].append(accuracy(model, data.x_train, data.y_train))
+        history["test_acc"].append(accuracy(model, data.x_test, data.y_test))
+        if verbose and (epoch % log_every == 0 or epoch == epochs):
+            print(f"epoch {epoch:3d}/{epochs}  loss {history['loss'][-1]:.4f}  "
+                  f"train acc {history['train_acc'][-1]:.3f}  test acc {history['test_acc'][-1]:.3f}")
+    return history
