@@ -170,7 +170,7 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 # ---------------------------------------------------------------------------- PReLU
 def _channel_view(weight: Tensor, x: Tensor) -> Tensor:
     """Reshape a ``(C,)`` weight so it broadcasts over channel dim 1 of ``x``: ``(C, 1, ..., 1)``."""
-    if weight.numel() == 1 or x.dim() < 2:
+    if weight.numel() == 1:
         return weight.reshape(())                               # one slope for every element
     return weight.reshape(-1, *([1] * (x.dim() - 2)))           # (C, 1, ..., 1) against (N, C, ...)
 
@@ -187,8 +187,8 @@ class PReLUFunction(torch.autograd.Function):
         \partial x = g \cdot \begin{cases} 1 & x > 0 \\ a & x \le 0 \end{cases}, \qquad
         \partial a_c = \sum_{\text{all but channel } c} g \cdot \min(0, x).
 
-    Shapes: ``x`` is ``(N, C, *)`` (or ``(C,)``, or any shape when ``a`` has one
-    element); ``weight`` is ``(C,)`` or ``(1,)``; output as ``x``.
+    Shapes: ``x`` is ``(N, C, *)`` (any shape when ``a`` has one element);
+    ``weight`` is ``(C,)`` or ``(1,)``; output as ``x``.
     """
 
     @staticmethod
@@ -214,9 +214,8 @@ class PReLUFunction(torch.autograd.Function):
             if weight.numel() == 1:
                 dw = contrib.sum().reshape(weight.shape)
             else:
-                channel_dim = 1 if x.dim() >= 2 else 0
-                other = [d for d in range(x.dim()) if d != channel_dim]
-                dw = contrib.sum(dim=other) if other else contrib              # (C,)
+                other = [d for d in range(x.dim()) if d != 1]                   # all but channels
+                dw = contrib.sum(dim=other)                                     # (C,)
         return dx, dw
 
 
@@ -232,9 +231,12 @@ def _check_prelu_input(where: str, x: Tensor, weight: Tensor) -> None:
     check_same_device(where, x, weight)
     channels = weight.numel()
     if channels != 1:
-        if x.dim() == 0:
-            raise ValueError(f"{where}: expected input with a channel dimension of size {channels}, got a 0-dim tensor")
-        actual = x.shape[1] if x.dim() >= 2 else x.shape[0]
+        if x.dim() < 2:                                         # as torch: no channel dim below 2-D
+            raise ValueError(
+                f"{where}: expected input of shape (N, {channels}, ...) for {channels} slopes, "
+                f"got shape {tuple(x.shape)}"
+            )
+        actual = x.shape[1]
         if actual != channels:
             raise ValueError(
                 f"{where}: expected input with {channels} channels in dimension 1, "
@@ -299,7 +301,7 @@ class PReLU(nn.Module):
         init: initial value of every slope. Default: 0.25.
 
     Shape:
-        - Input: :math:`(N, C, *)` or :math:`(C)` or any shape when ``num_parameters=1``.
+        - Input: :math:`(N, C, *)`, or any shape when ``num_parameters=1``.
         - Output: same shape as the input.
 
     Attributes:

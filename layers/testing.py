@@ -230,7 +230,13 @@ def _float_outputs(out) -> list[Tensor]:
 
 
 def _noncontiguous(t: Tensor) -> Tensor:
-    """The same values as ``t``, as a non-contiguous view (every other element of a buffer)."""
+    """The same values as ``t`` in a non-contiguous layout that ``.view(-1)`` cannot flatten.
+
+    2-D and up: the last two dimensions are stored transposed (column-major);
+    1-D: every other element of a buffer twice as long.
+    """
+    if t.dim() >= 2 and t.shape[-1] > 1 and t.shape[-2] > 1:
+        return t.mT.contiguous().mT
     if t.numel() <= 1:
         return t.clone()
     buf = torch.zeros(*t.shape, 2, dtype=t.dtype, device=t.device)
@@ -357,6 +363,7 @@ def check_layer(
     gradgradcheck: bool = True,
     noncontiguous: bool = True,
     empty_batch: bool = True,
+    batch_inputs: Sequence[int] | None = None,
     needs_input_grad: bool = True,
     unmodified: bool = True,
     cuda: bool | None = None,
@@ -383,7 +390,10 @@ def check_layer(
         gradgradcheck: run :func:`torch.autograd.gradgradcheck` in float64 (turn
             off for layers that are not twice differentiable).
         noncontiguous: check non-contiguous inputs and upstream gradients.
-        empty_batch: check a batch of size 0 (dimension 0 of every tensor input).
+        empty_batch: check a batch of size 0 (dimension 0 of the batched inputs).
+        batch_inputs: indices of the inputs that carry the batch in dimension 0;
+            if ``None``, the tensor inputs whose first size equals the first
+            input's (so a weight passed as an input is not sliced).
         needs_input_grad: check that skipping a gradient skips work.
         unmodified: check that inputs and parameters are not written in place.
         cuda: also compare on CUDA; ``None`` means "when available".
@@ -489,7 +499,12 @@ def check_layer(
 
     # 4. an empty batch runs forward and backward
     def empty_check() -> CheckResult:
-        empty_inputs = [v[:0] if isinstance(v, Tensor) and v.dim() > 0 else v for v in inputs]
+        tensors = [i for i, v in enumerate(inputs) if isinstance(v, Tensor) and v.dim() > 0]
+        if batch_inputs is not None:
+            batched = set(batch_inputs)
+        else:
+            batched = {i for i in tensors if inputs[i].shape[0] == inputs[tensors[0]].shape[0]} if tensors else set()
+        empty_inputs = [v[:0] if i in batched else v for i, v in enumerate(inputs)]
         ours = _Case(layer, empty_inputs, diff)
         out, grads, grad_outs = ours.run(None, seed)
         for i, (v, d) in enumerate(zip(ours.inputs, diff)):

@@ -1,0 +1,16 @@
+"""Small helpers shared by the test files."""
+
+import torch
+
+
+def sgd_step_lowers_loss(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+                         lr: float = 0.05) -> tuple[float, float]:
+    """One SGD step on MSE(model(x), target); returns (loss before, loss after)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss = torch.nn.functional.mse_loss(model(x), target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = torch.nn.functional.mse_loss(model(x), target)
+    return loss.item(), after.item()

@@ -1,0 +1,85 @@
+import matplotlib.figure
+import pytest
+import torch
+from torch import nn
+
+import layers
+from layers.data import batches, load_digits
+from layers.training import accuracy, fit
+from layers import viz
+
+
+def test_digits_split_is_fixed_and_stratified():
+    d = load_digits()
+    assert d.x_train.shape == (1347, 64) and d.x_test.shape == (450, 64)
+    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+    assert torch.equal(load_digits().y_test, d.y_test)                  # same split every time
+    counts = torch.bincount(d.y_test, minlength=10)
+    assert counts.min() >= 43 and counts.max() <= 47                     # stratified: ~45 per class
+    images = load_digits(images=True)
+    assert images.x_train.shape == (1347, 1, 8, 8)
+    assert torch.equal(images.x_train.reshape(-1, 64), d.x_train)
+
+
+def test_batches_cover_every_row_once():
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    seen = torch.cat([yb for _, yb in batches(x, y, 3, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert [len(yb) for _, yb in batches(x, y, 4)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        next(batches(x, y, 0))
+    with pytest.raises(ValueError, match="10 rows but y has 9"):
+        next(batches(x, y[:9], 2))
+
+
+def test_fit_learns_digits_and_is_deterministic(capsys):
+    d = load_digits()
+
+    def run():
+        torch.manual_seed(0)
+        model = nn.Sequential(layers.Linear(64, 32), layers.ReLU(), layers.Linear(32, 10))
+        return model, fit(model, d, epochs=3, lr=0.05, log_every=1)
+
+    model, h1 = run()
+    out = capsys.readouterr().out
+    assert out.count("epoch") == 3 and "loss" in out and "test acc" in out
+    _, h2 = run()
+    assert h1 == h2
+    assert h1["test_acc"][-1] > 0.85
+    assert h1["test_acc"][-1] == pytest.approx(accuracy(model, d.x_test, d.y_test))
+    assert h1["loss"][-1] < h1["loss"][0]
+
+
+def test_fit_rejects_unknown_optimizer_and_reports_divergence():
+    d = load_digits()
+    with pytest.raises(ValueError, match="'sgd' or 'adam', got 'rmsprop'"):
+        fit(nn.Linear(64, 10), d, optimizer="rmsprop")
+    with pytest.raises(FloatingPointError, match="loss became"):
+        fit(nn.Linear(64, 10), d, epochs=1, verbose=False,
+            loss_fn=lambda logits, y: logits.sum() * float("nan"))
+
+
+def test_accuracy_restores_training_mode():
+    model = nn.Sequential(nn.Linear(64, 10))
+    model.train()
+    accuracy(model, torch.zeros(2, 64), torch.zeros(2, dtype=torch.int64))
+    assert model.training
+
+
+def test_viz_helpers_return_labelled_figures():
+    x = torch.linspace(-3, 3, 61)
+    y, dy = viz.function_and_derivative(layers.Tanh(), x)
+    torch.testing.assert_close(dy, 1 - torch.tanh(x) ** 2)
+    figs = [
+        viz.plot_function_and_derivative({"tanh": layers.Tanh(), "relu": layers.ReLU()}, x),
+        viz.plot_histograms({"a": torch.randn(100), "b": torch.rand(100)}, ncols=1),
+        viz.plot_training_curves({"run": {"epoch": [1, 2], "loss": [1.0, 0.5], "test_acc": [0.5, 0.7]}}),
+        viz.plot_bars({"a": 1.0, "b": 2.0}, title="t", ylabel="y"),
+        viz.plot_bars({"g1": {"a": 1.0, "b": 2.0}, "g2": {"a": 2.0, "b": 1.0}}, title="t", ylabel="y", log=True),
+        viz.plot_image_grid(torch.rand(5, 1, 8, 8), titles=list("abcde"), title="grid"),
+    ]
+    for fig in figs:
+        assert isinstance(fig, matplotlib.figure.Figure)
+        labelled = [ax for ax in fig.axes if ax.get_xlabel() or ax.get_title()]
+        assert labelled, "every figure needs labelled axes or titles"
