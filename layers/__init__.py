@@ -18,11 +18,12 @@ module                 chapter
 """
 
 from .activations import GELU, PReLU, ReLU, Sigmoid, Tanh, gelu, prelu, relu, sigmoid, tanh
-from .linear import Linear, LinearFunction, linear
+from .linear import Linear, LinearFunction   # `linear` (the function) stays in layers.linear,
+                                              # so the name layers.linear keeps meaning the module
 from .scale import Scale, ScaleFunction
 
 __all__ = [
-    "Linear", "LinearFunction", "linear",
+    "Linear", "LinearFunction",
     "Scale", "ScaleFunction",
     "ReLU", "Sigmoid", "Tanh", "GELU", "PReLU",
     "relu", "sigmoid", "tanh", "gelu", "prelu",
