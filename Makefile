@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
-.PHONY: install book test unit nbval lab execute clean
+VENDOR := book/_static/vendor
+
+.PHONY: install book test unit nbval site-test lab execute clean
 
 install: $(STAMP)
 
@@ -16,8 +18,21 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 ## make book: create .venv, install, build the site into _build/html (notebooks are not re-run)
-book: $(STAMP)
+book: $(STAMP) $(VENDOR)/.done
 	$(BIN)/jupyter-book build . -W -n --keep-going
+
+# The site serves its own JavaScript (no CDN at view time): the ipywidgets HTML
+# manager, require.js and MathJax 3, fetched from the npm registry at build time.
+$(VENDOR)/.done: Makefile
+	@command -v npm >/dev/null || { echo "make book needs npm (Node.js) to fetch the widget and MathJax scripts"; exit 1; }
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/pack
+	cd $(VENDOR)/pack && npm pack --silent @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.7 mathjax@3.2.2 >/dev/null
+	cd $(VENDOR)/pack && for t in *.tgz; do mkdir -p "$${t%.tgz}" && tar xzf "$$t" -C "$${t%.tgz}"; done
+	mv $(VENDOR)/pack/jupyter-widgets-html-manager-1.0.15/package/dist $(VENDOR)/html-manager
+	mv $(VENDOR)/pack/requirejs-2.3.7/package/require.js $(VENDOR)/require.js
+	mv $(VENDOR)/pack/mathjax-3.2.2/package/es5 $(VENDOR)/mathjax
+	rm -rf $(VENDOR)/pack
+	touch $@
 
 ## make test: unit tests, then every notebook under strict nbval
 test: unit nbval
@@ -39,5 +54,5 @@ execute: $(STAMP)
 	  --ExecutePreprocessor.timeout=900 --ExecutePreprocessor.kernel_name=python3 $(NOTEBOOKS)
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build .pytest_cache $(VENDOR)
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

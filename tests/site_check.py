@@ -1,0 +1,169 @@
+"""Test the built website as a reader would: every page in headless Chromium.
+
+Usage: ``python tests/site_check.py [_build/html]`` (``make site-test`` runs it).
+
+For every HTML page of the built book this serves ``_build/html`` on a loopback
+port, opens the page in Debian's Chromium (driven by Playwright, with every
+non-loopback request blocked, so the site must work offline), and checks:
+
+- no console errors and no failed or refused requests (>= 400 or blocked);
+- every ``<img>`` has loaded (``naturalWidth > 0``);
+- math has been typeset by MathJax wherever the page has math;
+- every embedded widget view was drawn exactly once;
+- every internal link points at an existing file and, if it has one, an existing anchor.
+
+It saves a full-page screenshot of each chapter under ``_build/screenshots/`` and
+exits non-zero, listing the problems, if any check failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import sys
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
+
+
+class _Anchors(HTMLParser):
+    """Collects ids (anchors) and hrefs of one page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("name"):
+            self.ids.add(attrs["name"])
+        if tag == "a" and attrs.get("href"):
+            self.hrefs.append(attrs["href"])
+
+
+@functools.cache
+def _parse(path: Path) -> _Anchors:
+    parser = _Anchors()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return parser
+
+
+def pages(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.html") if not SKIP_DIRS & set(p.relative_to(root).parts))
+
+
+def check_links(root: Path, page: Path) -> list[str]:
+    """Problems with the internal links of one page (missing files or anchors)."""
+    problems = []
+    for href in _parse(page).hrefs:
+        parts = urlsplit(href)
+        if parts.scheme or parts.netloc or href.startswith(("mailto:", "javascript:")):
+            continue
+        target = page if not parts.path else (page.parent / unquote(parts.path)).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.exists():
+            problems.append(f"broken link {href!r}: no file {target}")
+            continue
+        if parts.fragment and target.suffix == ".html" and unquote(parts.fragment) not in _parse(target).ids:
+            problems.append(f"broken anchor {href!r}: no id {parts.fragment!r} in {target.name}")
+    return problems
+
+
+def _serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+CHECK_PAGE_JS = """() => {
+  const imgs = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src);
+  const mathNodes = document.querySelectorAll('.math, span.math, div.math').length;
+  const typeset = document.querySelectorAll('mjx-container').length;
+  const rawMath = [...document.querySelectorAll('.math')].filter(n => !n.querySelector('mjx-container')).length;
+  const views = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length;
+  // widget roots: drawn widget elements with no drawn widget above them
+  const drawn = [...document.querySelectorAll('.jupyter-widgets')]
+    .filter(n => !(n.parentElement && n.parentElement.closest('.jupyter-widgets'))).length;
+  return {brokenImages: imgs, mathNodes, typeset, rawMath, views, drawn};
+}"""
+
+
+def check_site(root: Path, screenshots: Path) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    all_pages = pages(root)
+    for page_path in all_pages:
+        problems += [f"{page_path.relative_to(root)}: {p}" for p in check_links(root, page_path)]
+    server, base = _serve(root)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            # Offline: anything that is not our own server is refused (and reported).
+            context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"), lambda route: route.abort())
+            for page_path in all_pages:
+                rel = page_path.relative_to(root).as_posix()
+                errors: list[str] = []
+                page = context.new_page()
+                page.on("console", lambda m, e=errors: e.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+                page.on("pageerror", lambda exc, e=errors: e.append(f"page error: {exc}"))
+                page.on("requestfailed", lambda r, e=errors: e.append(f"request failed: {r.url} ({r.failure})"))
+                page.on("response", lambda r, e=errors: e.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+                page.goto(f"{base}/{rel}", wait_until="networkidle")
+                if "math" in page_path.read_text(encoding="utf-8", errors="replace"):
+                    page.wait_for_timeout(300)           # let MathJax finish typesetting
+                state = page.evaluate(CHECK_PAGE_JS)
+                errors += [f"image not loaded: {src}" for src in state["brokenImages"]]
+                if state["mathNodes"] and (state["typeset"] == 0 or state["rawMath"]):
+                    errors.append(f"math not rendered: {state['rawMath']} of {state['mathNodes']} math nodes untypeset")
+                if state["views"] and state["drawn"] != state["views"]:
+                    errors.append(f"widgets: {state['views']} embedded views but {state['drawn']} drawn")
+                if rel.startswith("book/") and not rel.startswith(("book/api/",)):
+                    shot = screenshots / (rel.replace("/", "_").removesuffix(".html") + ".png")
+                    page.screenshot(path=str(shot), full_page=True)
+                status = "ok" if not errors else f"{len(errors)} problem(s)"
+                print(f"  {rel:45s} {status}  (math {state['typeset']}, widgets {state['drawn']}/{state['views']})")
+                problems += [f"{rel}: {e}" for e in errors]
+                page.close()
+            browser.close()
+    finally:
+        server.shutdown()
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[1] if len(argv) > 1 else "_build/html").resolve()
+    if not (root / "index.html").exists():
+        print(f"site_check: no built site at {root} (run `make book` first)")
+        return 2
+    if not Path(CHROMIUM).exists():
+        print("site_check: Chromium not found (Debian: apt-get install chromium); browser checks skipped")
+        return 0
+    print(f"site_check: {len(pages(root))} pages under {root}")
+    problems = check_site(root, root.parent / "screenshots")
+    for p in problems:
+        print("  PROBLEM", p)
+    print(f"site_check: {'OK' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
