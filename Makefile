@@ -34,8 +34,11 @@ $(VENDOR)/.done: Makefile
 	rm -rf $(VENDOR)/pack
 	touch $@
 
-## make test: unit tests, then every notebook under strict nbval
+## make test: unit tests, every notebook under strict nbval, then the site in a browser
+## (the browser part runs when Chromium is installed, and says so when it is skipped)
 test: unit nbval
+	@if command -v chromium >/dev/null 2>&1; then $(MAKE) --no-print-directory site-test; \
+	else echo "site-test skipped: Chromium is not installed (Debian: apt-get install chromium)"; fi
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/ -q
@@ -43,6 +46,10 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	MPLBACKEND=module://matplotlib_inline.backend_inline \
 	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+## make site-test: build the site, open every page in headless Chromium, check links
+site-test: book
+	$(BIN)/python tests/site_check.py _build/html
 
 ## make lab: JupyterLab on the book
 lab: $(STAMP)
