@@ -100,3 +100,12 @@ def test_sgd_step_lowers_loss():
     x, y = torch.randn(32, 6), torch.randn(32, 2)
     before, after = sgd_step_lowers_loss(model, x, y)
     assert after < before
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_check_layer_functional(with_bias):
+    x = torch.randn(5, 4, requires_grad=True)
+    w = torch.randn(3, 4, requires_grad=True)
+    b = torch.randn(3, requires_grad=True) if with_bias else None
+    args = (x, w, b) if with_bias else (x, w)
+    check_layer(linear, nn.functional.linear, args, batch_inputs=(0,))
