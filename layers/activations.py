@@ -141,6 +141,9 @@ class GELUFunction(torch.autograd.Function):
     :math:`y' = \tfrac12 (1 + \tanh u) + \tfrac12 x\,(1 - \tanh^2 u)\,\sqrt{2/\pi}\,(1 + 3 \cdot 0.044715\,x^2)`.
 
     Backward: :math:`\partial x = g\, y'(x)`. Saves the input.
+
+    At :math:`x = +\infty` the output is :math:`+\infty`, the limit (PyTorch's
+    vectorized CPU kernel returns NaN there); at :math:`-\infty` both give NaN.
     """
 
     @staticmethod
