@@ -1,0 +1,152 @@
+import pytest
+import torch
+from torch import nn
+
+from helpers import sgd_step_lowers_loss
+from layers.normalization import BatchNorm2d, LayerNorm, batch_norm, layer_norm
+from layers.testing import check_layer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: waking a second thread per op costs more than the op (ms on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------ BatchNorm2d
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kwargs", [{}, {"affine": False}, {"track_running_stats": False},
+                                    {"momentum": None}, {"eps": 1e-2, "momentum": 0.5}],
+                         ids=["default", "no-affine", "no-running", "cumulative", "eps-momentum"])
+def test_check_layer_against_nn_batchnorm(kwargs, train):
+    ours, ref = BatchNorm2d(3, **kwargs), nn.BatchNorm2d(3, **kwargs)
+    if kwargs.get("affine", True):
+        with torch.no_grad():                              # non-trivial gamma, beta, running stats
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+    if kwargs.get("track_running_stats", True):
+        ours.running_mean.uniform_(-1, 1)
+        ours.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 3, 2, requires_grad=True) * 2 + 1
+    x = x.detach().requires_grad_(True)
+    check_layer(ours.train(train), ref.train(train), (x,))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_running_stats_follow_torch_over_steps(momentum):
+    ours, ref = BatchNorm2d(4, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum)
+    for step in range(5):
+        x = torch.randn(3 + step, 4, 5, 2) * (step + 1) + step
+        torch.testing.assert_close(ours(x), ref(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name), msg=name)
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_running_var_is_unbiased():
+    bn = BatchNorm2d(1, momentum=1.0)
+    x = torch.randn(2, 1, 3, 3)
+    bn(x)
+    torch.testing.assert_close(bn.running_var, x.var(unbiased=True).reshape(1))
+    torch.testing.assert_close(bn.running_mean, x.mean().reshape(1))
+
+
+def test_eval_mode_uses_running_stats_not_batch():
+    bn = BatchNorm2d(2).eval()
+    x = torch.randn(3, 2, 4, 4) * 5 + 3
+    torch.testing.assert_close(bn(x), x / (1 + 1e-5) ** 0.5)   # running stats are 0 and 1
+    assert int(bn.num_batches_tracked) == 0
+
+
+def test_state_dict_both_ways():
+    ours, ref = BatchNorm2d(3), nn.BatchNorm2d(3)
+    ref(torch.randn(4, 3, 2, 2))
+    ours.load_state_dict(ref.state_dict())
+    ref2 = nn.BatchNorm2d(3)
+    ref2.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert repr(ours) == "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+
+
+def test_functional_matches_torch():
+    x = torch.randn(4, 3, 2, 2)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    rm2, rv2 = rm.clone(), rv.clone()
+    torch.testing.assert_close(batch_norm(x, rm, rv, training=True, momentum=0.3),
+                               nn.functional.batch_norm(x, rm2, rv2, training=True, momentum=0.3))
+    torch.testing.assert_close((rm, rv), (rm2, rv2))
+
+
+@pytest.mark.parametrize("make_input, error, match", [
+    (lambda: torch.randn(4, 3, 5), ValueError, "expected input with 4 dimensions, got 3"),
+    (lambda: torch.randn(4, 2, 5, 5), ValueError, "expected input of size 3 in dimension 1, got 2"),
+    (lambda: torch.randn(1, 3, 1, 1), ValueError, "more than 1 value per channel when training"),
+    (lambda: torch.zeros(4, 3, 2, 2, dtype=torch.long), TypeError, "floating-point"),
+])
+def test_batchnorm_bad_input(make_input, error, match):
+    with pytest.raises(error, match=match):
+        BatchNorm2d(3)(make_input())
+
+
+def test_batch_of_one_fine_in_eval():
+    assert BatchNorm2d(3).eval()(torch.randn(1, 3, 1, 1)).shape == (1, 3, 1, 1)
+
+
+def test_batchnorm_it_trains():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 3))
+    before, after = sgd_step_lowers_loss(model, torch.randn(8, 2, 4, 4), torch.randn(8, 3), lr=0.1)
+    assert after < before
+
+
+def test_saves_less_than_autograd_through_formula():
+    x = torch.randn(8, 4, 6, 6, requires_grad=True)
+    bn = BatchNorm2d(4)
+    sizes = []
+    for fn in (bn, lambda t: (t - t.mean((0, 2, 3), keepdim=True))
+               / (t.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt() * bn.weight.view(1, -1, 1, 1)
+               + bn.bias.view(1, -1, 1, 1)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            fn(x)
+        sizes.append(sum(saved))
+    assert sizes[0] < 0.6 * sizes[1]
+
+
+# -------------------------------------------------------------------------- LayerNorm
+@pytest.mark.parametrize("shape, normalized", [((3, 5), 5), ((2, 3, 4), (3, 4)), ((2, 2, 3), 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_check_layer_against_nn_layernorm(shape, normalized, affine):
+    ours, ref = LayerNorm(normalized, elementwise_affine=affine), nn.LayerNorm(normalized, elementwise_affine=affine)
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(*shape) * 3 + 1).requires_grad_(True)
+    check_layer(ours, ref, (x,), empty_batch=len(shape) > 1)
+
+
+def test_layernorm_functional_and_state_dict():
+    x = torch.randn(4, 6)
+    w, b = torch.rand(6), torch.randn(6)
+    torch.testing.assert_close(layer_norm(x, 6, w, b, 1e-3), nn.functional.layer_norm(x, (6,), w, b, 1e-3))
+    ref = nn.LayerNorm(6)
+    LayerNorm(6).load_state_dict(ref.state_dict())
+    ref.load_state_dict(LayerNorm(6).state_dict())
+
+
+def test_layernorm_bad_input():
+    with pytest.raises(ValueError, match=r"last dimensions are \(4,\), got shape \(2, 5\)"):
+        LayerNorm(4)(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="floating-point"):
+        LayerNorm(4)(torch.ones(2, 4, dtype=torch.int32))
+
+
+def test_layernorm_it_trains():
+    model = nn.Sequential(nn.Linear(5, 8), LayerNorm(8), nn.Linear(8, 2))
+    before, after = sgd_step_lowers_loss(model, torch.randn(16, 5), torch.randn(16, 2), lr=0.1)
+    assert after < before
