@@ -7,7 +7,7 @@ NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
 VENDOR := book/_static/vendor
 
-.PHONY: install book test unit nbval site-test lab execute clean
+.PHONY: install book test unit nbval site-test bench lab execute clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ nbval: $(STAMP)
 ## make site-test: build the site, open every page in headless Chromium, check links
 site-test: book
 	$(BIN)/python tests/site_check.py _build/html
+
+## make bench: time and memory of every layer against its PyTorch built-in (benchmarks/results.*)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
 
 ## make lab: JupyterLab on the book
 lab: $(STAMP)

@@ -1,0 +1,81 @@
+"""Tensor-parallel linear layers and a DDP step on 2 CPU processes (gloo), against one process.
+
+Both checks run in one launch (starting two Python processes that import torch
+is the slow part); the launch has a timeout so a hang cannot stall the run.
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from layers.linear import Linear
+from layers.parallel import ColumnParallelLinear, RowParallelLinear, launch, parallel_checks
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(scope="module")
+def results():
+    return launch(parallel_checks, world_size=2, timeout=120)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_tensor_parallel_matches_unsharded_linear(results, rank):
+    errors = results[rank]["tensor parallel"]
+    assert len(errors) == 12
+    bad = {k: v for k, v in errors.items() if not v <= 1e-5}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ddp_step_matches_single_process(results, rank):
+    errors = results[rank]["data parallel"]
+    assert set(errors) >= {"loss", "grad 0.weight", "grad 2.bias", "param 0.weight", "param 2.bias"}
+    bad = {k: v for k, v in errors.items() if not v <= 1e-6}
+    assert not bad, bad
+
+
+def test_single_process_layers_equal_linear():
+    """Outside a process group the world size is 1 and the layers are plain Linear layers."""
+    full = Linear(6, 4)
+    x = torch.randn(3, 6)
+    col = ColumnParallelLinear(6, 4).load_full(full)
+    row = RowParallelLinear(6, 4, input_is_parallel=False).load_full(full)
+    torch.testing.assert_close(col(x), full(x))
+    torch.testing.assert_close(row(x), full(x))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="ColumnParallelLinear: expected input of size 6 in dimension -1, got 5"):
+        ColumnParallelLinear(6, 4)(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="RowParallelLinear: expected input to be a floating-point tensor"):
+        RowParallelLinear(6, 4)(torch.ones(2, 6, dtype=torch.int64))
+
+
+def test_launch_times_out():
+    with pytest.raises(TimeoutError, match="did not finish"):
+        launch(_sleep, world_size=2, timeout=0.5)
+
+
+def _sleep(rank, world_size):
+    import time
+    time.sleep(30)
+
+
+@pytest.mark.parametrize("layer", ["column", "row"])
+def test_check_layer_single_process(layer):
+    """At world size 1 both layers are a Linear: the full harness against nn.Linear (same parameter names)."""
+    from layers.testing import check_layer
+    ours = ColumnParallelLinear(5, 4) if layer == "column" else RowParallelLinear(5, 4, input_is_parallel=False)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    check_layer(ours.double(), torch.nn.Linear(5, 4).double(), (x,))
+
+
+def test_parallel_mlp_trains_single_process():
+    from helpers import sgd_step_lowers_loss
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ColumnParallelLinear(6, 8, gather_output=False), torch.nn.ReLU(),
+                                RowParallelLinear(8, 2))
+    before, after = sgd_step_lowers_loss(model, torch.randn(16, 6), torch.randn(16, 2))
+    assert after < before
