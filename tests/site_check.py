@@ -104,6 +104,10 @@ CHECK_PAGE_JS = """() => {
 }"""
 
 
+WIDGETS_DRAWN_JS = """(views) => [...document.querySelectorAll('.jupyter-widgets')]
+  .filter(n => !(n.parentElement && n.parentElement.closest('.jupyter-widgets'))).length >= views"""
+
+
 def check_site(root: Path, screenshots: Path) -> list[str]:
     from playwright.sync_api import sync_playwright
 
@@ -131,6 +135,12 @@ def check_site(root: Path, screenshots: Path) -> list[str]:
                 if "math" in page_path.read_text(encoding="utf-8", errors="replace"):
                     page.wait_for_timeout(300)           # let MathJax finish typesetting
                 state = page.evaluate(CHECK_PAGE_JS)
+                if state["views"] and state["drawn"] < state["views"]:
+                    try:                                 # widgets render asynchronously: give them time
+                        page.wait_for_function(WIDGETS_DRAWN_JS, arg=state["views"], timeout=15000)
+                    except Exception:
+                        pass
+                    state = page.evaluate(CHECK_PAGE_JS)
                 errors += [f"image not loaded: {src}" for src in state["brokenImages"]]
                 if state["mathNodes"] and (state["typeset"] == 0 or state["rawMath"]):
                     errors.append(f"math not rendered: {state['rawMath']} of {state['mathNodes']} math nodes untypeset")
