@@ -176,6 +176,14 @@ def _shard_size(where: str, features: int, world: int, what: str) -> int:
     return features // world
 
 
+def _init_like_linear(layer: nn.Module) -> None:
+    """U(-1/sqrt(in_features), 1/sqrt(in_features)) for a shard's weight and bias, as nn.Linear draws them."""
+    bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0
+    nn.init.uniform_(layer.weight, -bound, bound)
+    if layer.bias is not None:
+        nn.init.uniform_(layer.bias, -bound, bound)
+
+
 class ColumnParallelLinear(nn.Module):
     r"""Linear layer whose output features are split across processes: :math:`Y_p = X W_p^\top + b_p`.
 
@@ -224,10 +232,7 @@ class ColumnParallelLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching rows of an ``nn.Linear`` initialization would be."""
-        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        _init_like_linear(self)
 
     @torch.no_grad()
     def load_full(self, full: Linear | nn.Linear) -> ColumnParallelLinear:
@@ -300,10 +305,7 @@ class RowParallelLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching columns of an ``nn.Linear`` initialization would be."""
-        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        _init_like_linear(self)
 
     @torch.no_grad()
     def load_full(self, full: Linear | nn.Linear) -> RowParallelLinear:

@@ -641,12 +641,16 @@ class MovingAverageMinMaxObserver(Observer):
                  averaging_constant: float = 0.01, channels: int = 1) -> None:
         super().__init__(bits, symmetric, ch_axis, channels)
         if not 0 < averaging_constant <= 1:
-            raise ValueError(f"MovingAverageMinMaxObserver: expected averaging_constant in (0, 1], "
+            raise ValueError(f"{type(self).__name__}: expected averaging_constant in (0, 1], "
                              f"got {averaging_constant}")
         self.averaging_constant = averaging_constant
 
+    def _new_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The range this call observes in ``x`` (before averaging)."""
+        return self._batch_range(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        lo, hi = self._batch_range(x)
+        lo, hi = self._new_range(x)
         if not self.observed or self.min_val.shape != lo.shape:
             self.min_val, self.max_val = lo.clone(), hi.clone()
         else:
@@ -700,7 +704,7 @@ def mse_clip_search(x: Tensor, bits: int, symmetric: bool = False, ch_axis: int 
     return best_lo, best_hi
 
 
-class MSEObserver(Observer):
+class MSEObserver(MovingAverageMinMaxObserver):
     r"""Picks the range by :func:`mse_clip_search` on each observed tensor, averaged over calls
     like :class:`MovingAverageMinMaxObserver` (the first call sets it).
 
@@ -714,20 +718,12 @@ class MSEObserver(Observer):
 
     def __init__(self, bits: int = 8, symmetric: bool = False, ch_axis: int | None = None,
                  averaging_constant: float = 1.0, num_candidates: int = 100, channels: int = 1) -> None:
-        super().__init__(bits, symmetric, ch_axis, channels)
-        self.averaging_constant = averaging_constant
+        super().__init__(bits, symmetric, ch_axis, averaging_constant, channels)
         self.num_candidates = num_candidates
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _new_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._batch_range(x)                                           # validation only
-        lo, hi = mse_clip_search(x, self.bits, self.symmetric, self.ch_axis, self.num_candidates)
-        if not self.observed or self.min_val.shape != lo.shape:
-            self.min_val, self.max_val = lo.clone(), hi.clone()
-        else:
-            c = self.averaging_constant
-            self.min_val = self.min_val + c * (lo - self.min_val)
-            self.max_val = self.max_val + c * (hi - self.max_val)
-        return x
+        return mse_clip_search(x, self.bits, self.symmetric, self.ch_axis, self.num_candidates)
 
 
 _OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver, "mse": MSEObserver}

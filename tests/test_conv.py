@@ -9,13 +9,7 @@ from layers.conv import (Conv2d, Conv2dFunction, DepthwiseSeparableConv2d, conv2
 from layers.testing import check_layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: waking a second thread per op costs more than the op (ms on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # see conftest.py
 
 # (in, out, kernel, stride, padding, dilation, groups, H, W)
 CASES = [

@@ -7,13 +7,7 @@ from layers.normalization import BatchNorm2d, LayerNorm, batch_norm, layer_norm
 from layers.testing import check_layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: waking a second thread per op costs more than the op (ms on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # see conftest.py
 
 
 # ------------------------------------------------------------------------ BatchNorm2d
