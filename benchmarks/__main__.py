@@ -4,7 +4,8 @@ Options:
     --quick         tiny sizes, a smoke run; targets are not checked and nothing is
                     written unless --out-dir is given.
     --out-dir DIR   where results.csv and results.md go (default: benchmarks/ for a full run).
-    --only NAME     only the cases whose name contains NAME (repeatable).
+    --only NAME     only the cases whose name contains NAME (repeatable); nothing is written
+                    unless --out-dir is given, so a partial run never replaces the full table.
     --device DEV    cpu or cuda (default: cuda when available).
     --no-compile    skip the torch.compile demonstration row block.
     --profile NAME  print a torch.profiler table of ours vs the built-in for one case and exit.
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:                               # no compiler, unsupported platform, ...
             print(f"\nnote: torch.compile demonstration skipped ({type(exc).__name__}: {exc})")
 
-    out_dir = args.out_dir if args.out_dir is not None else (None if args.quick else Path(__file__).parent)
+    full_run = not args.quick and not args.only
+    out_dir = args.out_dir if args.out_dir is not None else (Path(__file__).parent if full_run else None)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(results, out_dir / "results.csv")
