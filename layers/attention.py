@@ -7,8 +7,11 @@ Taught in the chapter "Attention" (``book/attention.ipynb``).
 output and the per-row logsumexp for backward (plus the caller's own mask
 tensor, if any), never the :math:`L \\times S` probability matrix: backward
 recomputes the probabilities from the logsumexp, as memory-efficient and flash
-attention do. :func:`scaled_dot_product_attention` is its functional form, with
-the semantics of :func:`torch.nn.functional.scaled_dot_product_attention`;
+attention do. Forward and backward walk over the queries in blocks of rows, so
+no :math:`L \\times S` temporary is built either: the largest one is a block
+of ``block_size`` rows by :math:`S` keys. :func:`scaled_dot_product_attention`
+is its functional form, with the semantics of
+:func:`torch.nn.functional.scaled_dot_product_attention`;
 :func:`attention_weights` returns the probability matrix itself, for plots.
 :class:`MultiHeadAttention` projects with :class:`layers.linear.Linear` and
 can load the weights of a :class:`torch.nn.MultiheadAttention`.
@@ -32,21 +35,28 @@ __all__ = [
 ]
 
 
+#: Default number of query rows :class:`ScaledDotProductAttentionFunction` processes at a time.
+DEFAULT_BLOCK_SIZE = 128
+
+
 def _scores(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float,
-            inplace: bool = False) -> Tensor:
+            inplace: bool = False, row0: int = 0) -> Tensor:
     """Masked attention scores :math:`s\\,QK^\\top + B`, shape ``(..., L, S)``.
 
     Positions that may not be attended to are ``-inf``: ``False`` entries of a
     boolean mask and the upper triangle above the diagonal when ``is_causal``.
-    With ``inplace`` (no graph is being recorded) the masks are applied to the
-    one ``(L, S)`` buffer instead of allocating a new one per step.
+    ``q`` may be a block of query rows that starts at row ``row0`` of the full
+    query (the causal mask is offset by it; ``attn_mask`` must already be sliced
+    to the block, see :func:`_mask_rows`). With ``inplace`` (no graph is being
+    recorded) the masks are applied to the one score buffer instead of
+    allocating a new one per step.
     """
-    scores = q @ k.transpose(-2, -1)                       # (..., L, E) @ (..., E, S) -> (..., L, S)
+    scores = q @ k.transpose(-2, -1)                       # (..., Lb, E) @ (..., E, S) -> (..., Lb, S)
     scores = scores.mul_(scale) if inplace else scores * scale
     if is_causal:
-        L, S = scores.shape[-2:]
-        rows = torch.arange(L, device=q.device).unsqueeze(1)                # (L, 1)
-        drop = rows < torch.arange(S, device=q.device)                      # (L, S): j > i, upper-left aligned
+        Lb, S = scores.shape[-2:]
+        rows = torch.arange(row0, row0 + Lb, device=q.device).unsqueeze(1)  # (Lb, 1): absolute query index
+        drop = rows < torch.arange(S, device=q.device)                      # (Lb, S): j > i, upper-left aligned
         scores = scores.masked_fill_(drop, float("-inf")) if inplace else scores.masked_fill(drop, float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:                                    # True = takes part
@@ -57,10 +67,24 @@ def _scores(q: Tensor, k: Tensor, attn_mask: Tensor | None, is_causal: bool, sca
     return scores
 
 
+def _mask_rows(attn_mask: Tensor | None, start: int, stop: int) -> Tensor | None:
+    """The rows ``start:stop`` of a mask broadcastable to ``(..., L, S)``.
+
+    A mask whose query dimension is broadcast (1-D ``(S,)``, or size 1 in
+    dimension -2) applies to every block as it is; otherwise dimension -2 is
+    sliced, keeping the leading dimensions so it still broadcasts against the
+    block's ``(..., stop - start, S)`` scores.
+    """
+    if attn_mask is None or attn_mask.dim() < 2 or attn_mask.shape[-2] == 1:
+        return attn_mask
+    return attn_mask[..., start:stop, :]                                     # (..., stop - start, S)
+
+
 class ScaledDotProductAttentionFunction(torch.autograd.Function):
     r"""Attention :math:`O = PV`, :math:`P = \operatorname{softmax}(S)`, :math:`S = s\,QK^\top + B`.
 
-    Returns ``(out, lse)`` where ``lse`` is the row logsumexp
+    ``apply(q, k, v, attn_mask, is_causal, scale, block_size=128)`` returns
+    ``(out, lse)`` where ``lse`` is the row logsumexp
     :math:`\ell_i = \log \sum_j e^{S_{ij}}`, shape ``(..., L)``. Only ``q, k, v,
     out, lse`` (and the caller's mask) are saved; backward recomputes
     :math:`P = e^{S - \ell}` and, for an upstream gradient :math:`dO`, computes
@@ -73,6 +97,15 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
         dS = P \odot (dP - D\mathbf{1}^\top + d\ell\,\mathbf{1}^\top), \qquad
         dQ = s\,dS\,K, \qquad dK = s\,dS^\top Q .
 
+    Both passes walk over the queries in blocks of ``block_size`` rows, so the
+    largest temporary is a ``(..., block_size, S)`` block of scores, never the
+    whole :math:`L \times S` matrix: forward computes each block's scores, row
+    logsumexp and output; backward computes :math:`D` once, then per block
+    recomputes :math:`P` from :math:`\ell`, writes that block's :math:`dQ` and
+    accumulates :math:`dV` and :math:`dK` over the blocks. Each query row is
+    independent of the others, so the result does not depend on ``block_size``
+    (up to rounding).
+
     ``lse`` is a differentiable output (its gradient is :math:`P`), so the
     backward, written with differentiable torch ops on ``q, k, v`` and the
     outputs, is itself differentiable: double backward works.
@@ -84,58 +117,94 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool,
-                scale: float) -> tuple[Tensor, Tensor]:
-        # forward runs without a graph, so the one (L, S) buffer is updated in place
-        scores = _scores(q, k, attn_mask, is_causal, scale, inplace=True)   # (..., L, S), freed after forward
-        row_max = scores.amax(dim=-1, keepdim=True)                  # (..., L, 1)
-        row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)  # fully masked row: avoid -inf - -inf
-        e = scores.sub_(row_max).exp_()                              # (..., L, S), in [0, 1]
-        denom = e.sum(dim=-1, keepdim=True)                          # (..., L, 1), 0 for a fully masked row
-        out = (e @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))   # (..., L, Ev)
-        lse = (row_max + torch.log(denom)).squeeze(-1)               # (..., L), -inf for a fully masked row
+                scale: float, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[Tensor, Tensor]:
+        L = q.shape[-2]
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])                # (..., L, Ev), filled block by block
+        lse = q.new_empty(q.shape[:-1])                              # (..., L)
+        for start in range(0, L, block_size):
+            stop = min(start + block_size, L)
+            # forward runs without a graph, so the block's (..., Lb, S) buffer is updated in place
+            scores = _scores(q[..., start:stop, :], k, _mask_rows(attn_mask, start, stop), is_causal, scale,
+                             inplace=True, row0=start)               # (..., Lb, S)
+            row_max = scores.amax(dim=-1, keepdim=True)              # (..., Lb, 1)
+            row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)  # fully masked row: avoid -inf - -inf
+            e = scores.sub_(row_max).exp_()                          # (..., Lb, S), in [0, 1]
+            denom = e.sum(dim=-1, keepdim=True)                      # (..., Lb, 1), 0 for a fully masked row
+            out[..., start:stop, :] = (e @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))  # (..., Lb, Ev)
+            lse[..., start:stop] = (row_max + torch.log(denom)).squeeze(-1)   # (..., Lb), -inf if fully masked
+            del scores, e
         return out, lse
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, attn_mask, is_causal, scale = inputs
+        q, k, v, attn_mask, is_causal, scale, *rest = inputs
         out, lse = output
         ctx.save_for_backward(q, k, v, out, lse, attn_mask)          # no (L, S) tensor is saved
         ctx.is_causal, ctx.scale = is_causal, scale
+        ctx.block_size = rest[0] if rest else DEFAULT_BLOCK_SIZE
+        ctx.num_inputs = len(inputs)
         ctx.set_materialize_grads(False)                             # an unused lse gets None, not zeros
 
     @staticmethod
     def backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
         q, k, v, out, lse, attn_mask = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        dq = dk = dv = None
+        no_grads = (None,) * (ctx.num_inputs - 3)                    # mask, is_causal, scale(, block_size)
         if grad_out is None and grad_lse is None:
-            return None, None, None, None, None, None
-        # A plain backward records no graph, so (L, S) buffers may be overwritten in place;
+            return (None, None, None, *no_grads)
+        # A plain backward records no graph, so buffers may be overwritten in place;
         # under create_graph=True (double backward) every step must stay out of place.
         inplace = not torch.is_grad_enabled()
-        scores = _scores(q, k, attn_mask, ctx.is_causal, ctx.scale, inplace)    # (..., L, S), recomputed
-        safe_lse = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)  # (..., L, 1); fully masked -> P = 0
-        p = scores.sub_(safe_lse).exp_() if inplace else torch.exp(scores - safe_lse)  # (..., L, S)
-        del scores
-        if need_v and grad_out is not None:
-            dv = p.transpose(-2, -1) @ grad_out                                  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
-        if need_q or need_k:
-            inner = torch.zeros_like(lse).unsqueeze(-1)                          # (..., L, 1)
-            if grad_out is not None:
-                dp = grad_out @ v.transpose(-2, -1)                              # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
-                d_row = (grad_out * out).sum(dim=-1, keepdim=True)               # (..., L, 1) = rowsum(P * dP)
-                inner = dp.sub_(d_row) if inplace else dp - d_row                # (..., L, S)
-            if grad_lse is not None:
-                inner = inner + grad_lse.unsqueeze(-1)                           # d lse / d S = P
-            if inplace and inner.shape == p.shape:
-                ds = inner.mul_(p).mul_(ctx.scale)                               # (..., L, S), scale folded in
-            else:
-                ds = p * inner * ctx.scale                                       # (..., L, S)
-            if need_q:
-                dq = ds @ k                                                      # (..., L, S) @ (..., S, E) -> (..., L, E)
-            if need_k:
-                dk = ds.transpose(-2, -1) @ q                                    # (..., S, L) @ (..., L, E) -> (..., S, E)
-        return dq, dk, dv, None, None, None
+        L, scale = q.shape[-2], ctx.scale
+        d_row = None
+        if grad_out is not None and (need_q or need_k):
+            d_row = (grad_out * out).sum(dim=-1, keepdim=True)      # (..., L, 1): D = rowsum(P * dP), once
+        safe_lse = lse.masked_fill(lse == float("-inf"), float("inf"))   # (..., L); fully masked -> P = 0
+        dq_blocks = []
+        dq = torch.empty_like(q) if need_q and inplace else None     # (..., L, E), filled block by block
+        dk = dv = None
+        for start in range(0, L, ctx.block_size):
+            stop = min(start + ctx.block_size, L)
+            q_blk = q[..., start:stop, :]                                         # (..., Lb, E)
+            scores = _scores(q_blk, k, _mask_rows(attn_mask, start, stop), ctx.is_causal, scale, inplace,
+                             row0=start)                                          # (..., Lb, S), recomputed
+            lse_blk = safe_lse[..., start:stop].unsqueeze(-1)                     # (..., Lb, 1)
+            p = scores.sub_(lse_blk).exp_() if inplace else torch.exp(scores - lse_blk)  # (..., Lb, S)
+            del scores
+            go = None if grad_out is None else grad_out[..., start:stop, :]       # (..., Lb, Ev)
+            if need_v and go is not None:
+                dv_blk = p.transpose(-2, -1) @ go                 # (..., S, Lb) @ (..., Lb, Ev) -> (..., S, Ev)
+                dv = dv_blk if dv is None else (dv.add_(dv_blk) if inplace else dv + dv_blk)
+            if need_q or need_k:
+                inner = None
+                if go is not None:
+                    dp = go @ v.transpose(-2, -1)                 # (..., Lb, Ev) @ (..., Ev, S) -> (..., Lb, S)
+                    d_blk = d_row[..., start:stop, :]                             # (..., Lb, 1)
+                    inner = dp.sub_(d_blk) if inplace else dp - d_blk             # (..., Lb, S)
+                if grad_lse is not None:
+                    g_lse = grad_lse[..., start:stop].unsqueeze(-1)               # (..., Lb, 1): d lse / d S = P
+                    inner = g_lse if inner is None else inner + g_lse
+                if inplace and inner.shape == p.shape:
+                    ds = inner.mul_(p).mul_(scale)                                # (..., Lb, S), scale folded in
+                else:
+                    ds = p * inner * scale                                        # (..., Lb, S)
+                if need_q:
+                    dq_blk = ds @ k                               # (..., Lb, S) @ (..., S, E) -> (..., Lb, E)
+                    if inplace:
+                        dq[..., start:stop, :] = dq_blk
+                    else:
+                        dq_blocks.append(dq_blk)
+                if need_k:
+                    dk_blk = ds.transpose(-2, -1) @ q_blk         # (..., S, Lb) @ (..., Lb, E) -> (..., S, E)
+                    dk = dk_blk if dk is None else (dk.add_(dk_blk) if inplace else dk + dk_blk)
+                del ds, inner
+            del p
+        if need_q and not inplace:
+            dq = torch.cat(dq_blocks, dim=-2) if dq_blocks else torch.zeros_like(q)   # (..., L, E)
+        if L == 0:                                                   # no query block: the sums are empty
+            dk = torch.zeros_like(k) if need_k else None
+            dv = torch.zeros_like(v) if need_v and grad_out is not None else None
+        return (dq, dk, dv, *no_grads)
 
 
 def _check_attention_inputs(where: str, query: Tensor, key: Tensor, value: Tensor,
@@ -178,13 +247,15 @@ def _check_attention_inputs(where: str, query: Tensor, key: Tensor, value: Tenso
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Tensor | None = None, is_causal: bool = False,
-                                 scale: float | None = None) -> Tensor:
+                                 scale: float | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Tensor:
     r"""Attention :math:`\operatorname{softmax}(s\,QK^\top + B)\,V` with a memory-lean backward.
 
     Same semantics as :func:`torch.nn.functional.scaled_dot_product_attention`
     (without dropout), computed by :class:`ScaledDotProductAttentionFunction`,
     whose backward recomputes the probabilities from the saved row logsumexp
-    instead of keeping the :math:`L \times S` matrix.
+    instead of keeping the :math:`L \times S` matrix, and whose forward and
+    backward both process the queries ``block_size`` rows at a time, so no
+    :math:`L \times S` temporary exists either.
 
     Args:
         query: ``(..., L, E)``.
@@ -197,6 +268,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
             (upper-left aligned, as in PyTorch). As in PyTorch, it may not be
             combined with ``attn_mask`` (fold the causal mask into ``attn_mask`` instead).
         scale: the factor :math:`s`; :math:`1/\sqrt{E}` if ``None``.
+        block_size: query rows per block (keyword only). The largest temporary is
+            ``(..., block_size, S)``; the result does not depend on it. Default: 128.
 
     Returns:
         ``(..., L, Ev)``. A query row with no key to attend to (fully masked)
@@ -216,8 +289,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: expected either attn_mask or is_causal=True, got both "
                          "(as in PyTorch; fold the causal mask into attn_mask)")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"scaled_dot_product_attention: expected block_size to be a positive integer, "
+                         f"got {block_size!r}")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    out, _ = ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, is_causal, scale)
+    out, _ = ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, is_causal, scale, block_size)
     return out
 
 

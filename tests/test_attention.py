@@ -289,3 +289,76 @@ def test_mha_one_sgd_step_lowers_loss():
     with torch.no_grad():
         after = F.mse_loss(mha(x, x, x, is_causal=True)[0], target)
     assert after.item() < before.item()
+
+
+# ------------------------------------------------------------------ query blocks
+def unblocked_reference(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """The whole-matrix formula softmax(s Q K^T + B) V from plain torch ops (fully masked rows -> 0)."""
+    return attention_weights(q, k, attn_mask, is_causal, scale) @ v
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 4])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool (L, S)", "bool (1, L, S)", "bool (B, 1, L, S)",
+                                       "bool (B, 1, 1, S)", "bool (S,)", "float (B, H, L, S)"])
+def test_blocked_equals_unblocked_formula(block_size, mask_kind):
+    L, S = 10, 7                                       # 10 is not a multiple of 3 or 4: a short last block
+    q, k, v = qkv(L=L, S=S, E=3, Ev=2)
+    shapes = {"bool (L, S)": (L, S), "bool (1, L, S)": (1, L, S), "bool (B, 1, L, S)": (2, 1, L, S),
+              "bool (B, 1, 1, S)": (2, 1, 1, S), "bool (S,)": (S,)}
+    mask, causal = None, mask_kind == "causal"
+    if mask_kind in shapes:
+        mask = random_bool_mask(*shapes[mask_kind], fully_masked_row=len(shapes[mask_kind]) >= 2
+                                and shapes[mask_kind][-2] == L)
+        if mask_kind == "bool (B, 1, 1, S)" or mask_kind == "bool (S,)":
+            mask[..., 0] = True
+    elif mask_kind.startswith("float"):
+        mask = torch.randn(2, 2, L, S, dtype=torch.float64)
+        mask[1, 0, 9, :] = float("-inf")              # fully masked row in the short last block
+
+    def ours(a, b, c):
+        return scaled_dot_product_attention(a, b, c, mask, causal, block_size=block_size)
+
+    def ref(a, b, c):
+        return unblocked_reference(a, b, c, mask, causal)
+
+    check_layer(ours, ref, (q, k, v), gradcheck=False, gradgradcheck=False, empty_batch=False)
+    # a single block (the whole matrix at once) gives the same numbers
+    torch.testing.assert_close(ours(q, k, v), scaled_dot_product_attention(q, k, v, mask, causal, block_size=L))
+
+
+def test_blocked_double_backward_across_blocks():
+    q, k, v = qkv(batch=(1,), L=5, S=4, E=2, Ev=2)
+    mask = random_bool_mask(5, 4)                      # row 1 fully masked
+    fn = lambda a, b, c: scaled_dot_product_attention(a, b, c, mask, block_size=2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+    assert torch.autograd.gradgradcheck(fn, (q, k, v))
+
+
+def test_no_full_score_matrix_is_ever_allocated():
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    L = S = 96
+    q, k, v = (torch.randn(1, 2, n, 4, requires_grad=True) for n in (L, S, S))
+    with Shapes() as shapes:
+        scaled_dot_product_attention(q, k, v, is_causal=True, block_size=32).sum().backward()
+    assert shapes.largest == 1 * 2 * 32 * S           # one (B, H, block, S) block, never (B, H, L, S)
+
+
+@pytest.mark.parametrize("block_size", [0, -1, 2.0, True])
+def test_bad_block_size(block_size):
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="block_size to be a positive integer"):
+        scaled_dot_product_attention(q, k, v, block_size=block_size)
