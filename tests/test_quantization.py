@@ -387,22 +387,49 @@ def test_quant_linear_trains(method):
         assert isinstance(model[0].act_quant, PACTQuantizer) and model[0].act_quant.alpha.grad is not None
 
 
+def _test_loss(model: nn.Module, data) -> float:
+    model.eval()
+    with torch.no_grad():
+        return F.cross_entropy(model(data.x_test), data.y_test).item()
+
+
+def _ptq(model: nn.Module, data, bits: int, observer: str) -> nn.Module:
+    ptq = convert_to_qat(copy.deepcopy(model), weight_bits=bits, act_bits=bits, observer=observer)
+    return calibrate(ptq, data.x_train if observer == "minmax" else data.x_train[:512])
+
+
 def test_qat_beats_ptq_at_3_bits():
+    """QAT against PTQ of a float model trained for the same total number of epochs.
+
+    Each seed: a float MLP trained to convergence (Adam, 30 epochs); QAT fine-tunes it for 3 epochs
+    (PACT, W3A3); the fair baseline trains the float model for the same 3 extra epochs and is then
+    quantized with the better of min-max and MSE-clip calibration. At 3 bits the accuracy gain is
+    small (the chapter measures about one point; a test image is 0.0022), so the claim is checked on
+    the mean over 3 seeds: higher test accuracy and a clearly lower test loss.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                                         # tiny matrices: threads only cost
     try:
         data = load_digits()
-        torch.manual_seed(0)
-        base = nn.Sequential(Linear(64, 64), nn.ReLU(), Linear(64, 64), nn.ReLU(), Linear(64, 10))
-        fit(base, data, epochs=8, lr=0.1, verbose=False)
-        ptq = calibrate(convert_to_qat(copy.deepcopy(base), weight_bits=3, act_bits=3), data.x_train)
-        ptq_acc = accuracy(ptq, data.x_test, data.y_test)
-        qat = convert_to_qat(copy.deepcopy(base), weight_bits=3, act_bits=3, method="ste")
-        fit(qat, data, epochs=3, lr=0.02, verbose=False)
-        qat_acc = accuracy(qat, data.x_test, data.y_test)
+        qat_acc, ptq_acc, qat_loss, ptq_loss = [], [], [], []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            base = nn.Sequential(Linear(64, 64), nn.ReLU(), Linear(64, 64), nn.ReLU(), Linear(64, 10))
+            fit(base, data, epochs=30, lr=2e-3, optimizer="adam", seed=seed, verbose=False)
+            longer = copy.deepcopy(base)                                 # float, same total epochs as QAT
+            fit(longer, data, epochs=3, lr=1e-3, optimizer="adam", seed=seed, verbose=False)
+            ptqs = [_ptq(longer, data, 3, observer) for observer in ("minmax", "mse")]
+            ptq_acc.append(max(accuracy(m, data.x_test, data.y_test) for m in ptqs))
+            ptq_loss.append(min(_test_loss(m, data) for m in ptqs))
+            qat = convert_to_qat(copy.deepcopy(base), weight_bits=3, act_bits=3, method="pact")
+            fit(qat, data, epochs=3, lr=1e-3, optimizer="adam", seed=seed, verbose=False)
+            qat_acc.append(accuracy(qat, data.x_test, data.y_test))
+            qat_loss.append(_test_loss(qat, data))
     finally:
         torch.set_num_threads(threads)
-    assert qat_acc > ptq_acc + 0.02, (qat_acc, ptq_acc)
+    mean = lambda v: sum(v) / len(v)                                 # noqa: E731
+    assert mean(qat_acc) > mean(ptq_acc) + 0.004, (qat_acc, ptq_acc)
+    assert mean(qat_loss) < 0.9 * mean(ptq_loss), (qat_loss, ptq_loss)
 
 
 def test_plot_helpers_return_figures():
