@@ -865,7 +865,11 @@ class LSQQuantizer(nn.Module):
         else:
             per = math.prod(x.shape[1:]) if x.dim() > 1 else x.numel()  # elements per sample
         grad_factor = 1.0 / math.sqrt(max(per, 1) * self.quant_max)
-        return lsq_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max,
+        # An optimizer step can push the learned scale to zero or below; use at least
+        # float32's eps, as torch's _LearnableFakeQuantize does, but in the graph (a
+        # differentiable clamp) instead of by writing to the parameter's .data.
+        scale = self.scale.clamp_min(torch.finfo(torch.float32).eps)
+        return lsq_quantize(x, scale, self.zero_point, self.quant_min, self.quant_max,
                             grad_factor, self.ch_axis)
 
     def extra_repr(self) -> str:

@@ -440,3 +440,19 @@ def test_plot_helpers_return_figures():
     assert isinstance(fig, Figure) and fig.axes[0].get_xlabel() == "input x"
     fig = plot_series([2, 4], {"a": [1.0, 2.0], "b": [0.5, 1.0]}, "t", "bits", "dB", errors={"a": [0.1, 0.1]})
     assert isinstance(fig, Figure) and fig.axes[0].get_legend() is not None
+
+
+def test_lsq_quantizer_survives_a_nonpositive_learned_scale():
+    # An optimizer step can drive the learned step size to zero or below: the quantizer
+    # then uses float32's eps instead of raising or producing NaN.
+    from layers.quantization import LSQQuantizer
+    q = LSQQuantizer(bits=4, symmetric=True)
+    x = torch.randn(8, 5)
+    q.train()
+    q(x)                                                     # initializes the scale
+    with torch.no_grad():
+        q.scale.fill_(-0.3)
+    out = q(x)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(q.scale.grad).all()
