@@ -114,13 +114,18 @@ def tanh(x: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- GELU
 def _gelu_forward(x: Tensor, approximate: str) -> Tensor:
+    """GELU of ``x``. Runs inside ``GELUFunction.forward`` (autograd off), so it works in place
+    on the one new tensor it creates: a fresh full-size tensor costs more than a pass over one."""
     if approximate == "tanh":
-        inner = _SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)
-        return 0.5 * x * (1 + torch.tanh(inner))
-    return 0.5 * x * (1 + torch.erf(x * _INV_SQRT_2))        # x * Phi(x)
+        t = torch.mul(x, x).mul_(_GELU_TANH_C).add_(1).mul_(x)          # x + 0.044715 x^3
+        t.mul_(_SQRT_2_OVER_PI).tanh_()                                   # tanh u
+    else:
+        t = torch.mul(x, _INV_SQRT_2).erf_()                              # erf(x / sqrt 2)
+    return torch.addcmul(x, x, t, out=t).mul_(0.5)                        # x (1 + t) / 2
 
 
 def _gelu_derivative(x: Tensor, approximate: str) -> Tensor:
+    """y'(x) with plain differentiable ops (used when autograd differentiates the backward)."""
     if approximate == "tanh":
         inner = _SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)
         t = torch.tanh(inner)
@@ -129,6 +134,26 @@ def _gelu_derivative(x: Tensor, approximate: str) -> Tensor:
     cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))              # Phi(x)
     pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)              # phi(x)
     return cdf + x * pdf
+
+
+def _gelu_input_grad(grad_out: Tensor, x: Tensor, approximate: str) -> Tensor:
+    """``grad_out * y'(x)``, the same formula as ``_gelu_derivative``, in place on new temporaries.
+
+    Only for a backward that autograd does not differentiate (in-place ops
+    overwrite values a graph of the backward would need).
+    """
+    if approximate == "tanh":
+        t = torch.mul(x, x).mul_(_GELU_TANH_C).add_(1).mul_(x)          # x + 0.044715 x^3
+        t.mul_(_SQRT_2_OVER_PI).tanh_()                                   # tanh u
+        s = torch.mul(x, x).mul_(3 * _GELU_TANH_C).add_(1).mul_(x)      # x (1 + 3 * 0.044715 x^2)
+        s.mul_(0.5 * _SQRT_2_OVER_PI)                                     # x du/dx / 2
+        d = torch.mul(t, t).neg_().add_(1).mul_(s)                        # x (1 - t^2) du/dx / 2
+        d.add_(t, alpha=0.5).add_(0.5)                                    # + (1 + t) / 2
+    else:
+        pdf = torch.mul(x, x).mul_(-0.5).exp_()                          # phi(x) * sqrt(2 pi)
+        d = torch.mul(x, _INV_SQRT_2).erf_().add_(1).mul_(0.5)          # Phi(x)
+        d.addcmul_(x, pdf, value=_INV_SQRT_2PI)                          # Phi(x) + x phi(x)
+    return d.mul_(grad_out)
 
 
 class GELUFunction(torch.autograd.Function):
@@ -140,7 +165,10 @@ class GELUFunction(torch.autograd.Function):
     :math:`u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)`, so
     :math:`y' = \tfrac12 (1 + \tanh u) + \tfrac12 x\,(1 - \tanh^2 u)\,\sqrt{2/\pi}\,(1 + 3 \cdot 0.044715\,x^2)`.
 
-    Backward: :math:`\partial x = g\, y'(x)`. Saves the input.
+    Backward: :math:`\partial x = g\, y'(x)`. Saves the input. The usual
+    backward computes it in place on new temporaries (``_gelu_input_grad``);
+    when autograd differentiates the backward (``create_graph=True``) it uses
+    plain ops (``_gelu_derivative``), so double backward works.
 
     At :math:`x = +\infty` the output is :math:`+\infty`, the limit (PyTorch's
     vectorized CPU kernel returns NaN there); at :math:`-\infty` both give NaN.
@@ -159,7 +187,9 @@ class GELUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (x,) = ctx.saved_tensors
-        return grad_out * _gelu_derivative(x, ctx.approximate), None
+        if torch.is_grad_enabled():                # double backward: differentiable ops
+            return grad_out * _gelu_derivative(x, ctx.approximate), None
+        return _gelu_input_grad(grad_out, x, ctx.approximate), None
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:

@@ -20,11 +20,15 @@ How it works:
   :math:`\\partial W = g \\, \\text{cols}^\\top`. The input gradient is the
   backward of the product, :math:`\\partial\\,\\text{cols} = W^\\top g`, *folded
   back*: every input pixel sums the gradients of the patch entries it was
-  copied into. That sum is itself a convolution: a stride-1 correlation of the
-  output gradient (with ``stride - 1`` zeros inserted between its pixels, and
-  padded) with the kernel flipped in both spatial axes and its input/output
-  channels swapped (a "transposed convolution"). We compute it that way, with
-  the same im2col code, which is faster than scattering columns back.
+  copied into. That sum is also a convolution (a stride-1 correlation of the
+  zero-dilated, padded output gradient with the flipped kernel, a "transposed
+  convolution"), but computing it that way needs an im2col copy of the output
+  gradient. We fold directly instead: one matrix product gives the column
+  gradient, then a loop over the ``kh * kw`` kernel taps (not over data) adds
+  one strided slice of it to the input gradient per tap.
+* **Speed.** The forward adds the bias in place into the fresh matmul output.
+  On a CPU, creating and filling large temporaries (the columns) is where the
+  time goes beyond the matrix products themselves.
 
 The backward uses only differentiable torch ops, so :func:`conv2d` is twice
 differentiable (``gradgradcheck`` passes).
@@ -123,32 +127,26 @@ def _conv2d_im2col(x: Tensor, weight: Tensor, stride: tuple[int, int], padding: 
 def _conv2d_input_grad(grad_out: Tensor, weight: Tensor, input_hw: tuple[int, int],
                        stride: tuple[int, int], padding: tuple[int, int],
                        dilation: tuple[int, int], groups: int) -> Tensor:
-    """Input gradient of a convolution, as a stride-1 correlation with the flipped kernel.
+    """Input gradient of a convolution: the column gradient :math:`W^\\top g`, folded back (col2im).
 
-    The output gradient gets ``stride - 1`` zeros between its pixels, then
-    ``d(k-1) - p`` pixels of padding on each side (negative means crop), plus the
-    rows/columns of the input that no window reached (zero gradient there).
+    ``cols_grad[n, c, u, v, i, j]`` is the gradient of the copy of input pixel
+    ``(s_h i + d_h u, s_w j + d_w v)`` (padded coordinates) that im2col made for
+    kernel tap ``(u, v)``. Folding adds, for each of the ``kh * kw`` taps, one
+    strided slice of the padded input gradient: a loop over kernel taps, not over data.
     """
     n, out_ch, ho, wo = grad_out.shape
     _, cg, kh, kw = weight.shape
     h, w = input_hw
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    if sh > 1 or sw > 1:                                       # insert stride - 1 zeros
-        spread = grad_out.new_zeros(n, out_ch, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
-        spread[:, :, ::sh, ::sw] = grad_out                    # (N, O, (H_out-1)s+1, (W_out-1)s+1)
-        grad_out = spread
-    reach_h, reach_w = dh * (kh - 1), dw * (kw - 1)
-    left_h, left_w = reach_h - ph, reach_w - pw
-    # Rows of the padded input below the last window: they get zero gradient.
-    extra_h = h + 2 * ph - (reach_h + 1) - (ho - 1) * sh
-    extra_w = w + 2 * pw - (reach_w + 1) - (wo - 1) * sw
-    grad_out = F.pad(grad_out, (left_w, left_w + extra_w, left_h, left_h + extra_h))
-    # Swap in/out channels within each group and flip the kernel in space.
-    flipped = (weight.reshape(groups, out_ch // groups, cg, kh, kw)     # (G, O/G, C/G, kh, kw)
-               .transpose(1, 2)                                         # (G, C/G, O/G, kh, kw)
-               .reshape(groups * cg, out_ch // groups, kh, kw)          # (C, O/G, kh, kw)
-               .flip(-2, -1))
-    return _conv2d_im2col(grad_out, flipped, (1, 1), (0, 0), dilation, groups)   # (N, C, H, W)
+    w_t = weight.reshape(groups, out_ch // groups, cg * kh * kw).transpose(1, 2)   # (G, K, O/G)
+    g = grad_out.reshape(n, groups, out_ch // groups, ho * wo)                     # (N, G, O/G, L)
+    cols_grad = torch.matmul(w_t, g).reshape(n, groups * cg, kh, kw, ho, wo)      # (N, C, kh, kw, H_out, W_out)
+    dx = grad_out.new_zeros(n, groups * cg, h + 2 * ph, w + 2 * pw)                # padded input gradient
+    for u in range(kh):
+        for v in range(kw):                    # tap (u, v) touched rows dh*u + sh*i, columns dw*v + sw*j
+            dx[:, :, dh * u: dh * u + sh * (ho - 1) + 1: sh,
+               dw * v: dw * v + sw * (wo - 1) + 1: sw] += cols_grad[:, :, u, v]
+    return dx[:, :, ph: ph + h, pw: pw + w]                                        # drop the padding: (N, C, H, W)
 
 
 # --------------------------------------------------------------------------- Function
@@ -168,6 +166,10 @@ class Conv2dFunction(torch.autograd.Function):
         \partial x = \text{fold}(W_{2d}^\top g)
                    = \text{conv}_{\text{stride }1}\big(\text{dilate}_s(g),\ \text{flip}(W)^\top\big).
 
+    ``fold`` (col2im) is computed directly: the column gradient
+    :math:`W_{2d}^\top g` is one matrix product, and each of the ``kh*kw``
+    kernel taps adds one strided slice of it to the (padded) input gradient.
+
     Saves ``x`` and ``weight`` (not the columns, which are ``kh*kw`` times larger
     than ``x``; backward rebuilds them). The backward is written with
     differentiable torch ops, so double backward works through it.
@@ -181,7 +183,7 @@ class Conv2dFunction(torch.autograd.Function):
                 padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> Tensor:
         out = _conv2d_im2col(x, weight, stride, padding, dilation, groups)   # (N, O, H_out, W_out)
         if bias is not None:
-            out = out + bias.reshape(1, -1, 1, 1)                            # broadcast over N, H, W
+            out.add_(bias.reshape(1, -1, 1, 1))                              # in place: out is ours
         return out
 
     @staticmethod

@@ -14,3 +14,11 @@ def sgd_step_lowers_loss(model: torch.nn.Module, x: torch.Tensor, target: torch.
     with torch.no_grad():
         after = torch.nn.functional.mse_loss(model(x), target)
     return loss.item(), after.item()
+
+
+def batch_norm_biases(model: torch.nn.Module) -> tuple[str, ...]:
+    """Names of the bias parameters of every layers.BatchNorm2d inside ``model``: in training
+    mode their gradient, sum(g), is also a term of the input gradient (check_layer's shared_work)."""
+    from layers.normalization import BatchNorm2d
+    return tuple(f"{name}.bias" for name, m in model.named_modules()
+                 if isinstance(m, BatchNorm2d) and m.bias is not None)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import sgd_step_lowers_loss
+from helpers import batch_norm_biases, sgd_step_lowers_loss
 from layers.blocks import ResidualBlock
 from layers.testing import check_layer
 
@@ -43,7 +43,8 @@ def test_check_layer_against_torch_block(cin, cout, stride, shortcut, train):
     ref = TorchResidualBlock(cin, cout, stride, shortcut).train(train)
     x = torch.randn(2, cin, 4, 4, requires_grad=True)
     # gradgradcheck is covered by the parts' own tests; here it would dominate the run time.
-    check_layer(ours, ref, (x,), gradgradcheck=False, needs_input_grad=train)
+    check_layer(ours, ref, (x,), gradgradcheck=False, needs_input_grad=train,
+                shared_work=batch_norm_biases(ours))
 
 
 def test_projection_only_when_needed():

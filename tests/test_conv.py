@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import sgd_step_lowers_loss
+from helpers import batch_norm_biases, sgd_step_lowers_loss
 from layers.conv import (Conv2d, Conv2dFunction, DepthwiseSeparableConv2d, conv2d, conv2d_cost,
                          conv_output_size, im2col)
 from layers.testing import check_layer
@@ -149,7 +149,7 @@ class TorchSeparable(nn.Module):
 def test_depthwise_separable_against_torch(stride):
     m = DepthwiseSeparableConv2d(3, 5, stride=stride)
     x = torch.randn(4, 3, 6, 6, requires_grad=True)
-    check_layer(m, TorchSeparable(3, 5, stride), (x,))
+    check_layer(m, TorchSeparable(3, 5, stride), (x,), shared_work=batch_norm_biases(m))
 
 
 def test_depthwise_separable_eval_and_cost():

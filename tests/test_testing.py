@@ -191,3 +191,21 @@ def test_check_exercise(capsys):
     assert "slope differs" in capsys.readouterr().out
     assert check_exercise(torch.tensor([1.0, 2.0]), [1.0, 2.0])
     assert "Correct" in capsys.readouterr().out
+
+
+def test_shared_work_relaxes_only_the_named_gradient():
+    class Eager(LinearFunction):
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g @ w, g.T @ x, g.sum(0)          # always computes all three
+
+    class EagerLinear(layers.Linear):
+        def forward(self, x):
+            return Eager.apply(x, self.weight, self.bias)
+
+    x = torch.randn(5, 4, requires_grad=True)
+    report = check_layer(EagerLinear(4, 3), nn.Linear(4, 3), (x,), shared_work=("bias",),
+                         raise_on_failure=False)
+    assert not report["needs_input_grad"].passed
+    assert "'input 0'" in report["needs_input_grad"].detail      # the unnamed leaves are still checked
