@@ -7,7 +7,8 @@ Options:
     --only NAME     only the cases whose name contains NAME (repeatable); nothing is written
                     unless --out-dir is given, so a partial run never replaces the full table.
     --device DEV    cpu or cuda (default: cuda when available).
-    --no-compile    skip the torch.compile demonstration row block.
+    --no-compile    skip the torch.compile demonstration (a full run adds it to the printed output
+                    and, as a row and a closing section, to results.csv and results.md).
     --profile NAME  print a torch.profiler table of ours vs the built-in for one case and exit.
     --strict        exit with status 1 when a target is missed.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from layers.benchmarking import compile_demo, format_table, profile_case, run, write_csv, write_markdown
+from layers.benchmarking import (compile_demo, compile_result, format_compile, format_table, profile_case, run,
+                                 write_csv, write_markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,22 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(results))
 
+    compiled_rows, footer = [], ""
     if not args.quick and not args.no_compile and not args.only:
         try:
             c = compile_demo(device=device)
-            print(f"\ntorch.compile of layers LayerNorm (4096, 1024), fwd+bwd: eager {c['eager ms']:.3f} ms, "
-                  f"compiled {c['compiled ms']:.3f} ms ({c['eager ms'] / c['compiled ms']:.2f}x faster), "
-                  f"nn.LayerNorm {c['torch ms']:.3f} ms; compile ratio to torch "
-                  f"{c['compiled ms'] / c['torch ms']:.2f}; compiling took {c['compile s']:.1f} s")
+            footer = "## torch.compile\n\n" + format_compile(c)
+            compiled_rows = [compile_result(c)]
+            print("\n" + format_compile(c))
         except Exception as exc:                               # no compiler, unsupported platform, ...
+            footer = f"## torch.compile\n\nnot measured: {type(exc).__name__}: {exc}"
             print(f"\nnote: torch.compile demonstration skipped ({type(exc).__name__}: {exc})")
 
     full_run = not args.quick and not args.only
     out_dir = args.out_dir if args.out_dir is not None else (Path(__file__).parent if full_run else None)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(results, out_dir / "results.csv")
-        write_markdown(results, out_dir / "results.md", header=f"Forward + backward, ours / built-in. {header}.")
+        write_csv(results + compiled_rows, out_dir / "results.csv")
+        write_markdown(results + compiled_rows, out_dir / "results.md",
+                       header=f"Forward + backward, ours / built-in. {header}.", footer=footer)
         print(f"\nwrote {out_dir / 'results.csv'} and {out_dir / 'results.md'}")
 
     missed = [r for r in results if r.status().startswith("MISSED")]

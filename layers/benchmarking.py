@@ -15,9 +15,12 @@ How it measures
   inputs and parameters (which exist anyway), counted with
   ``torch.autograd.graph.saved_tensors_hooks`` over distinct storages. This is
   the number that differs between a memory-lean backward and naive autograd,
-  and it is deterministic on CPU. On CUDA the peak allocated memory during
-  the step (``torch.cuda.max_memory_allocated`` above the baseline) is
-  reported as well.
+  and it is deterministic on CPU. The **peak** memory of one step is measured
+  as well: on CUDA with ``torch.cuda.max_memory_allocated`` (above the
+  baseline) for every case; on CPU, where PyTorch has no allocator statistics,
+  with :class:`PeakMemory` for the cases that ask for it (``Case.peak``, the
+  attention memory comparison). Where a peak is known, the memory ratio of the
+  table is the peak ratio; otherwise it is the saved-for-backward ratio.
 
 Every case lives in a registry (:func:`cases`) of builders; a builder whose
 ``layers`` module is missing or fails to import is left out with a printed note.
@@ -30,14 +33,18 @@ import importlib
 import math
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-__all__ = ["Case", "Result", "naive_attention", "cases", "time_step", "saved_bytes", "run_case", "run", "format_table",
-           "write_csv", "write_markdown", "profile_case", "compile_demo"]
+__all__ = ["Case", "Result", "naive_attention", "cases", "time_step", "saved_bytes", "PeakMemory", "peak_bytes",
+           "run_case", "run", "format_table", "write_csv", "write_markdown", "profile_case", "compile_demo",
+           "compile_result", "format_compile"]
 
 
 # ------------------------------------------------------------------------------ registry
@@ -54,6 +61,8 @@ class Case:
         targets: ``{"time": r}`` and/or ``{"memory": r}``: the ratio ours / built-in
             must be at most ``r`` (checked by the full run, not by ``--quick``).
         note: one line shown under the table.
+        peak: measure the peak memory of a step on CPU too, with :class:`PeakMemory`
+            (on CUDA it is always measured), so that the memory ratio is a peak ratio.
     """
 
     name: str
@@ -63,11 +72,16 @@ class Case:
     inputs: Callable[[], list]
     targets: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    peak: bool = False
 
 
 @dataclass
 class Result:
-    """Measurements of one :class:`Case`; ratios are ours / built-in."""
+    """Measurements of one :class:`Case`; ratios are ours / built-in.
+
+    ``memory_ratio`` is the ratio of peaks where both peaks were measured, else
+    the ratio of the bytes saved for backward.
+    """
 
     name: str
     shape: str
@@ -79,6 +93,7 @@ class Result:
     ref_peak_mb: float | None = None
     targets: dict[str, float] = field(default_factory=dict)
     checked: bool = True
+    note: str = ""
 
     @property
     def time_ratio(self) -> float:
@@ -203,7 +218,8 @@ def _builders(quick: bool, device) -> list[tuple[str, str, Callable[[], Case]]]:
         b, h, L, e = (1, 2, 16, 8) if q else (1, 4, 1024, 64)
         return Case("attention vs naive autograd", f"({b}, {h}, {L}, {e})", scaled_dot_product_attention,
                     naive_attention, lambda: [_randn(b, h, L, e, device=d) for _ in range(3)],
-                    {"memory": 0.5}, "naive autograd keeps the L x S probability matrix for backward")
+                    {"memory": 0.5}, "memory ratio = peak of forward + backward (PeakMemory on CPU); "
+                    "naive autograd keeps the L x S probability matrix for backward", peak=True)
 
     def attention_time():
         from layers.attention import scaled_dot_product_attention
@@ -397,6 +413,88 @@ def saved_bytes(fn: Callable, inputs: list) -> int:
     return sum(seen.values())
 
 
+class PeakMemory(TorchDispatchMode):
+    """Live bytes, and their maximum, of the tensors that ATen ops create while the mode is active (CPU or CUDA).
+
+    PyTorch keeps no allocator statistics on CPU, so this dispatch mode counts
+    for itself: every ATen operation passes through ``__torch_dispatch__``;
+    each storage an operation *returns* that is new (not one of its inputs'
+    storages, as for an in-place or ``out=`` op, and not seen before, as for a
+    view) adds its ``nbytes`` to :attr:`live`, and a ``weakref.finalize`` on the
+    storage subtracts them when the storage is freed. :attr:`peak` is the
+    largest value :attr:`live` reached. Used around forward and backward, it
+    also sees the backward's ops (autograd runs them through the dispatcher in
+    the same thread) and the gradients stored into ``.grad``. The counts are
+    bytes, so on a given torch version they are exactly repeatable.
+
+    What it can see: every tensor an ATen op returns, including the ones a
+    custom ``autograd.Function`` creates with torch ops in its forward and
+    backward. What it cannot see: scratch memory a kernel allocates
+    internally and frees before returning (the tiles of a fused attention
+    kernel, oneDNN workspaces), allocator caching and fragmentation, tensors
+    that existed before the mode was entered (they are not counted at all, so
+    the numbers are above that baseline), and Python objects. For a fused
+    built-in kernel its peak is therefore a lower bound; for code made of
+    ordinary torch ops (naive attention, our layers) it is the real tensor peak.
+
+    Attributes:
+        live: bytes of the counted storages alive now.
+        peak: the maximum of ``live`` since the mode was created.
+
+    Examples:
+        >>> x = torch.randn(256, 256, requires_grad=True)
+        >>> with PeakMemory() as memory:
+        ...     torch.exp(x).sum().backward()
+        >>> memory.peak >= 2 * 256 * 256 * 4     # exp's output (saved) and the input gradient
+        True
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}                       # id(storage) -> bytes, while it is alive
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = id(storage)
+            if key in self._sizes or key in inputs:
+                continue                                       # a view or an in-place result: no new memory
+            self._sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key)
+        return out
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+
+def peak_bytes(fn: Callable, inputs: list) -> int:
+    """Peak bytes of tensors created during ``fn(*inputs)`` and its backward, measured with :class:`PeakMemory`.
+
+    Differentiable inputs are replaced by fresh leaves (no ``.grad`` from earlier
+    runs); the upstream gradient is created before the measurement starts.
+    """
+    leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t for t in inputs]
+    step = _make_step(fn, leaves)
+    for p in _params(fn):
+        p.grad = None
+    with PeakMemory() as memory:
+        step()
+    for t in leaves:
+        if isinstance(t, Tensor):
+            t.grad = None
+    for p in _params(fn):
+        p.grad = None
+    return memory.peak
+
+
 def _peak_bytes(step: Callable[[], None], device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -409,7 +507,7 @@ def _peak_bytes(step: Callable[[], None], device: torch.device) -> float | None:
 
 
 def run_case(case: Case, device: torch.device | str = "cpu", quick: bool = False) -> Result:
-    """Measure one case: median step time and saved (and, on CUDA, peak) memory of both sides."""
+    """Measure one case: median step time, saved memory and (on CUDA, or with ``case.peak``) peak memory of both sides."""
     device = torch.device(device)
     ours_in, ref_in = case.inputs(), None
     ref_in = [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t for t in ours_in]
@@ -419,11 +517,16 @@ def run_case(case: Case, device: torch.device | str = "cpu", quick: bool = False
     else:
         ours_t, ref_t = time_step(steps, device)
     mb = 1 / 2**20
-    ours_peak, ref_peak = (_peak_bytes(s, device) for s in steps)
+    if device.type == "cuda":
+        ours_peak, ref_peak = (_peak_bytes(s, device) for s in steps)
+    elif case.peak:
+        ours_peak, ref_peak = peak_bytes(case.ours, ours_in), peak_bytes(case.reference, ref_in)
+    else:
+        ours_peak = ref_peak = None
     return Result(case.name, case.shape, ours_t * 1e3, ref_t * 1e3,
                   saved_bytes(case.ours, ours_in) * mb, saved_bytes(case.reference, ref_in) * mb,
                   None if ours_peak is None else ours_peak * mb, None if ref_peak is None else ref_peak * mb,
-                  dict(case.targets), checked=not quick)
+                  dict(case.targets), checked=not quick, note=case.note)
 
 
 def run(quick: bool = False, device: str | torch.device | None = None, only: Sequence[str] | None = None,
@@ -442,7 +545,7 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: Seq
 
 # ------------------------------------------------------------------------------ output
 COLUMNS = ["layer", "input", "ours ms", "torch ms", "time ratio", "ours saved MB", "torch saved MB",
-           "memory ratio", "target", "status"]
+           "ours peak MB", "torch peak MB", "memory ratio", "target", "status"]
 
 
 def _row(r: Result) -> list[str]:
@@ -450,11 +553,16 @@ def _row(r: Result) -> list[str]:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
     target = ", ".join(f"{k} <= {v}x" for k, v in r.targets.items()) or "-"
     return [r.name, r.shape, f(r.ours_ms, ".3f"), f(r.ref_ms, ".3f"), f(r.time_ratio, ".2f"),
-            f(r.ours_saved_mb, ".2f"), f(r.ref_saved_mb, ".2f"), f(r.memory_ratio, ".2f"), target, r.status()]
+            f(r.ours_saved_mb, ".2f"), f(r.ref_saved_mb, ".2f"), f(r.ours_peak_mb, ".2f"), f(r.ref_peak_mb, ".2f"),
+            f(r.memory_ratio, ".2f"), target, r.status()]
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """Plain-text table, one row per result, ratios = ours / built-in."""
+    """Plain-text table, one row per result, ratios = ours / built-in.
+
+    MB columns are MiB (``2**20`` bytes); a peak shown as ``-`` was not measured,
+    and the memory ratio is the peak ratio where both peaks are shown.
+    """
     rows = [COLUMNS] + [_row(r) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -463,23 +571,28 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def write_csv(results: Sequence[Result], path) -> None:
-    """Write the table as CSV (unrounded numbers)."""
+    """Write the table as CSV (unrounded numbers; an empty peak means "not measured")."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["layer", "input", "ours_ms", "torch_ms", "time_ratio", "ours_saved_mb", "torch_saved_mb",
-                    "ours_peak_mb", "torch_peak_mb", "memory_ratio", "target", "status"])
+                    "ours_peak_mb", "torch_peak_mb", "memory_ratio", "target", "status", "note"])
         for r in results:
             w.writerow([r.name, r.shape, r.ours_ms, r.ref_ms, r.time_ratio, r.ours_saved_mb, r.ref_saved_mb,
                         r.ours_peak_mb, r.ref_peak_mb, r.memory_ratio,
-                        "; ".join(f"{k}<={v}" for k, v in r.targets.items()), r.status()])
+                        "; ".join(f"{k}<={v}" for k, v in r.targets.items()), r.status(), r.note])
 
 
-def write_markdown(results: Sequence[Result], path, header: str = "") -> None:
-    """Write the table as a Markdown table, under an optional header line."""
+def write_markdown(results: Sequence[Result], path, header: str = "", footer: str = "") -> None:
+    """Write the table as a Markdown table, under an optional header line and above an optional footer."""
     rows = [_row(r) for r in results]
     lines = [header, ""] if header else []
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    notes = [f"* {r.name}: {r.note}" for r in results if r.note]
+    if notes:
+        lines += ["", "Notes:", ""] + notes
+    if footer:
+        lines += ["", footer]
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -512,7 +625,8 @@ def compile_demo(rows: int = 4096, features: int = 1024, device: str = "cpu") ->
 
     ``torch.compile`` traces through the custom ``autograd.Function`` (forward and
     the hand-written backward) and fuses the elementwise passes. Returns
-    ``{"eager ms", "compiled ms", "torch ms", "compile s"}``.
+    ``{"rows", "features", "eager ms", "compiled ms", "torch ms", "compile s"}``
+    (``compile s``: wall time of the first forward and backward, which compile).
     """
     from layers.normalization import LayerNorm
 
@@ -530,5 +644,25 @@ def compile_demo(rows: int = 4096, features: int = 1024, device: str = "cpu") ->
     x2 = x.detach().clone().requires_grad_(True)
     x3 = x.detach().clone().requires_grad_(True)
     eager_t, compiled_t, torch_t = time_step([_make_step(ours, [x2]), step_c, _make_step(ref, [x3])], device)
-    return {"eager ms": eager_t * 1e3, "compiled ms": compiled_t * 1e3, "torch ms": torch_t * 1e3,
-            "compile s": compile_s}
+    return {"rows": rows, "features": features, "eager ms": eager_t * 1e3, "compiled ms": compiled_t * 1e3,
+            "torch ms": torch_t * 1e3, "compile s": compile_s}
+
+
+def format_compile(c: dict[str, float]) -> str:
+    """One sentence describing a :func:`compile_demo` result (the speed-up is eager / compiled time)."""
+    return (f"torch.compile of layers LayerNorm ({c['rows']:.0f}, {c['features']:.0f}), forward + backward: "
+            f"eager {c['eager ms']:.3f} ms, compiled {c['compiled ms']:.3f} ms "
+            f"(speed-up from compiling {c['eager ms'] / c['compiled ms']:.2f}x), nn.LayerNorm {c['torch ms']:.3f} ms "
+            f"(compiled / nn.LayerNorm {c['compiled ms'] / c['torch ms']:.2f}); "
+            f"compiling took {c['compile s']:.1f} s.")
+
+
+def compile_result(c: dict[str, float]) -> Result:
+    """A :func:`compile_demo` result as a table row: ours = compiled ``LayerNorm``, built-in = ``nn.LayerNorm``.
+
+    The eager time and the compile time go into the row's note; memory is not measured.
+    """
+    return Result("LayerNorm under torch.compile", f"({c['rows']:.0f}, {c['features']:.0f})", c["compiled ms"],
+                  c["torch ms"], math.nan, math.nan, note=f"eager (not compiled) {c['eager ms']:.3f} ms, "
+                  f"speed-up from compiling {c['eager ms'] / c['compiled ms']:.2f}x; "
+                  f"compiling took {c['compile s']:.1f} s")

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from layers.benchmarking import Result, saved_bytes
 from benchmarks.__main__ import main
-from layers.benchmarking import naive_attention
+from layers.benchmarking import (PeakMemory, Result, compile_result, format_compile, naive_attention, peak_bytes,
+                                 saved_bytes, write_csv, write_markdown)
 
 
 def test_quick_run_writes_table(tmp_path, capsys):
@@ -21,6 +21,11 @@ def test_quick_run_writes_table(tmp_path, capsys):
     for r in rows:
         assert float(r["ours_ms"]) > 0 and float(r["torch_ms"]) > 0, r
         assert r["status"] in ("n/a", "not checked"), r       # quick runs never claim a target
+    attention = [r for r in rows if r["layer"] == "attention vs naive autograd"]
+    if attention:                                              # peak measured on CPU: the ratio is the peak ratio
+        (a,) = attention
+        assert float(a["ours_peak_mb"]) > 0 and float(a["torch_peak_mb"]) > 0
+        assert float(a["memory_ratio"]) == pytest.approx(float(a["ours_peak_mb"]) / float(a["torch_peak_mb"]))
     md = (tmp_path / "results.md").read_text()
     assert md.count("\n|") == len(rows) + 2                    # header, separator, one line per row
 
@@ -56,3 +61,49 @@ def test_attention_keeps_at_most_half_the_memory_of_naive_autograd():
     naive = saved_bytes(naive_attention, [q, k, v])
     assert naive >= 2 * 256 * 256 * 4                          # at least the (L, S) matrix per head
     assert ours <= 0.5 * naive, (ours, naive)
+
+
+def test_peak_memory_counts_temporaries_and_frees():
+    x = torch.randn(128, 128)
+    nbytes = x.numel() * 4
+    with PeakMemory() as memory:
+        y = (x * 2).exp()                                      # two new tensors, the first freed at once
+        del y
+    assert memory.peak == 2 * nbytes
+    assert memory.live == 0
+    with PeakMemory() as memory:
+        z = x.clone()
+        z.mul_(3).add_(1)                                      # in place: no new memory
+        w = z.view(-1)                                         # a view: no new memory
+    assert memory.peak == nbytes and memory.live == nbytes
+    del z, w
+
+
+def test_peak_bytes_sees_forward_and_backward():
+    x = torch.randn(64, 32, requires_grad=True)
+    # exp's output (saved for backward) and the gradient; upstream gradient and inputs exist before
+    assert peak_bytes(torch.exp, [x]) >= 2 * 64 * 32 * 4
+    assert x.grad is None                                      # leaves are fresh copies
+
+
+def test_attention_peak_is_at_most_half_of_naive_autograd_at_length_1024():
+    attention = pytest.importorskip("layers.attention")
+    q, k, v = (torch.randn(1, 1, 1024, 16, requires_grad=True) for _ in range(3))
+    ours = peak_bytes(attention.scaled_dot_product_attention, [q, k, v])
+    naive = peak_bytes(naive_attention, [q, k, v])
+    assert naive >= 2 * 1024 * 1024 * 4                        # scores and probabilities at least
+    assert ours <= 0.5 * naive, (ours, naive)
+
+
+def test_compile_result_is_written(tmp_path):
+    c = {"rows": 8, "features": 4, "eager ms": 2.0, "compiled ms": 1.0, "torch ms": 0.5, "compile s": 3.0}
+    line = format_compile(c)
+    assert "(8, 4)" in line and "speed-up from compiling 2.00x" in line and "compiled / nn.LayerNorm 2.00" in line
+    row = compile_result(c)
+    assert row.time_ratio == 2.0 and row.status() == "n/a" and "3.0 s" in row.note
+    write_csv([row], tmp_path / "r.csv")
+    write_markdown([row], tmp_path / "r.md", header="h", footer="## torch.compile\n\n" + line)
+    (got,) = csv.DictReader(open(tmp_path / "r.csv"))
+    assert got["layer"] == "LayerNorm under torch.compile" and float(got["time_ratio"]) == 2.0
+    md = (tmp_path / "r.md").read_text()
+    assert "## torch.compile" in md and line in md and "LayerNorm under torch.compile" in md
