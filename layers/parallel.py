@@ -176,6 +176,16 @@ def _shard_size(where: str, features: int, world: int, what: str) -> int:
     return features // world
 
 
+def _allocate(layer: nn.Module, weight_shape: tuple[int, int], bias_size: int | None) -> None:
+    """Give a shard its ``weight`` (and ``bias``, or a registered ``None``), then initialize them."""
+    layer.weight = nn.Parameter(torch.empty(weight_shape))
+    if bias_size is not None:
+        layer.bias = nn.Parameter(torch.empty(bias_size))
+    else:
+        layer.register_parameter("bias", None)
+    layer.reset_parameters()
+
+
 def _init_like_linear(layer: nn.Module) -> None:
     """U(-1/sqrt(in_features), 1/sqrt(in_features)) for a shard's weight and bias, as nn.Linear draws them."""
     bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0
@@ -223,12 +233,7 @@ class ColumnParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.gather_output = gather_output
         local = _shard_size("ColumnParallelLinear", out_features, self.world_size, "out_features")
-        self.weight = nn.Parameter(torch.empty(local, in_features))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(local))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _allocate(self, (local, in_features), local if bias else None)   # this rank's rows
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching rows of an ``nn.Linear`` initialization would be."""
@@ -296,12 +301,7 @@ class RowParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.input_is_parallel = input_is_parallel
         self.local_in = _shard_size("RowParallelLinear", in_features, self.world_size, "in_features")
-        self.weight = nn.Parameter(torch.empty(out_features, self.local_in))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _allocate(self, (out_features, self.local_in), out_features if bias else None)   # its columns
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching columns of an ``nn.Linear`` initialization would be."""

@@ -70,19 +70,14 @@ def test_wrong_forward_fails():
     assert not report["reference"].passed and "output 0" in report["reference"].detail
 
 
+def _eager_backward(ctx, g):                # right values, but ignores needs_input_grad
+    x, w = ctx.saved_tensors
+    return g @ w, g.T @ x, g.sum(0)          # always computes all three
+
+
 def test_ignoring_needs_input_grad_is_caught():
-    class Eager(LinearFunction):
-        @staticmethod
-        def backward(ctx, g):
-            x, w = ctx.saved_tensors
-            return g @ w, g.T @ x, g.sum(0)          # always computes all three
-
-    class EagerLinear(layers.Linear):
-        def forward(self, x):
-            return Eager.apply(x, self.weight, self.bias)
-
     x = torch.randn(5, 4, requires_grad=True)
-    report = check_layer(EagerLinear(4, 3), nn.Linear(4, 3), (x,), raise_on_failure=False)
+    report = check_layer(_linear_with_backward(_eager_backward), nn.Linear(4, 3), (x,), raise_on_failure=False)
     assert not report["needs_input_grad"].passed
     assert "still computed" in report["needs_input_grad"].detail
     assert report["reference"].passed
@@ -194,18 +189,8 @@ def test_check_exercise(capsys):
 
 
 def test_shared_work_relaxes_only_the_named_gradient():
-    class Eager(LinearFunction):
-        @staticmethod
-        def backward(ctx, g):
-            x, w = ctx.saved_tensors
-            return g @ w, g.T @ x, g.sum(0)          # always computes all three
-
-    class EagerLinear(layers.Linear):
-        def forward(self, x):
-            return Eager.apply(x, self.weight, self.bias)
-
     x = torch.randn(5, 4, requires_grad=True)
-    report = check_layer(EagerLinear(4, 3), nn.Linear(4, 3), (x,), shared_work=("bias",),
+    report = check_layer(_linear_with_backward(_eager_backward), nn.Linear(4, 3), (x,), shared_work=("bias",),
                          raise_on_failure=False)
     assert not report["needs_input_grad"].passed
     assert "'input 0'" in report["needs_input_grad"].detail      # the unnamed leaves are still checked
