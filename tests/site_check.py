@@ -104,6 +104,7 @@ CHECK_PAGE_JS = """() => {
 }"""
 
 
+MATH_DONE_JS = """() => [...document.querySelectorAll('.math')].every(n => n.querySelector('mjx-container'))"""
 WIDGETS_DRAWN_JS = """(views) => [...document.querySelectorAll('.jupyter-widgets')]
   .filter(n => !(n.parentElement && n.parentElement.closest('.jupyter-widgets'))).length >= views"""
 
@@ -132,9 +133,13 @@ def check_site(root: Path, screenshots: Path) -> list[str]:
                 page.on("requestfailed", lambda r, e=errors: e.append(f"request failed: {r.url} ({r.failure})"))
                 page.on("response", lambda r, e=errors: e.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
                 page.goto(f"{base}/{rel}", wait_until="networkidle")
-                if "math" in page_path.read_text(encoding="utf-8", errors="replace"):
-                    page.wait_for_timeout(300)           # let MathJax finish typesetting
                 state = page.evaluate(CHECK_PAGE_JS)
+                if state["rawMath"]:
+                    try:                                 # MathJax typesets asynchronously: give it time
+                        page.wait_for_function(MATH_DONE_JS, timeout=15000)
+                    except Exception:
+                        pass
+                    state = page.evaluate(CHECK_PAGE_JS)
                 if state["views"] and state["drawn"] < state["views"]:
                     try:                                 # widgets render asynchronously: give them time
                         page.wait_for_function(WIDGETS_DRAWN_JS, arg=state["views"], timeout=15000)
