@@ -813,6 +813,15 @@ class FakeQuantize(nn.Module):
                 f"observer_enabled={self.observer_enabled}, fake_quant_enabled={self.fake_quant_enabled}")
 
 
+def _initialize_once(quantizer: nn.Module, x: Tensor) -> None:
+    """Initialize a learnable quantizer from its first input, which must come in training mode."""
+    if not bool(quantizer.initialized):
+        if not quantizer.training:
+            raise RuntimeError(f"{type(quantizer).__name__}: not initialized; "
+                               "call it in training mode (or calibrate) first")
+        quantizer.initialize(x)
+
+
 class LSQQuantizer(nn.Module):
     r"""Learnable step size quantizer: :func:`lsq_quantize` with ``scale`` (and, asymmetric,
     ``zero_point``) as parameters.
@@ -858,10 +867,7 @@ class LSQQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.initialized):
-            if not self.training:
-                raise RuntimeError("LSQQuantizer: not initialized; call it in training mode (or calibrate) first")
-            self.initialize(x)
+        _initialize_once(self, x)
         if self.ch_axis is not None:
             per = x.numel() // max(x.shape[self.ch_axis], 1)           # elements per channel
         else:
@@ -909,10 +915,7 @@ class PACTQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.initialized):
-            if not self.training:
-                raise RuntimeError("PACTQuantizer: not initialized; call it in training mode (or calibrate) first")
-            self.initialize(x)
+        _initialize_once(self, x)
         return pact_quantize(x, self.alpha, self.bits)
 
     def extra_repr(self) -> str:

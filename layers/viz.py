@@ -33,6 +33,16 @@ __all__ = [
 ]
 
 
+def _finish_panels(fig: Figure, axes, title: str) -> Figure:
+    """The common ending of the side-by-side line plots: grid and legend per panel, a title, tight layout."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def function_and_derivative(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """``fn(x)`` and ``d fn / dx`` elementwise, the derivative from ``fn``'s own backward.
 
@@ -65,12 +75,8 @@ def plot_function_and_derivative(
     ax_f.set(title="f(x)", xlabel="input x", ylabel="output f(x)")
     ax_d.set(title="f'(x) from backward()", xlabel="input x", ylabel="derivative df/dx")
     for ax in (ax_f, ax_d):
-        ax.grid(alpha=0.3)
         ax.axhline(0, color="black", lw=0.5)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, (ax_f, ax_d), title)
 
 
 def plot_histograms(
@@ -118,12 +124,7 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
         ax_a.plot(h["epoch"], h["test_acc"], marker="o", ms=3, label=label)
     ax_l.set(title="training loss", xlabel="epoch", ylabel="mean cross-entropy")
     ax_a.set(title="test accuracy", xlabel="epoch", ylabel="accuracy")
-    for ax in (ax_l, ax_a):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, (ax_l, ax_a), title)
 
 
 def plot_bars(values: Mapping[str, float] | Mapping[str, Mapping[str, float]], title: str,
@@ -370,12 +371,7 @@ def plot_loss_vs_probability(losses: Mapping[str, Callable[[Tensor, Tensor], Ten
     ax_l.set(title="loss", xlabel="probability of the true class $p_t$", ylabel="loss (nats)")
     ax_g.set(title="gradient size from backward()", xlabel="probability of the true class $p_t$",
              ylabel="|d loss / d logit|")
-    for ax in (ax_l, ax_g):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, (ax_l, ax_g), title)
 
 
 # ------------------------------------------------------------------ quantization chapter
