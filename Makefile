@@ -22,17 +22,10 @@ book: $(STAMP) $(VENDOR)/.done
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 # The site serves its own JavaScript (no CDN at view time): the ipywidgets HTML
-# manager, require.js and MathJax 3, fetched from the npm registry at build time.
-$(VENDOR)/.done: Makefile
-	@command -v npm >/dev/null || { echo "make book needs npm (Node.js) to fetch the widget and MathJax scripts"; exit 1; }
-	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/pack
-	cd $(VENDOR)/pack && npm pack --silent @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.7 mathjax@3.2.2 >/dev/null
-	cd $(VENDOR)/pack && for t in *.tgz; do mkdir -p "$${t%.tgz}" && tar xzf "$$t" -C "$${t%.tgz}"; done
-	mv $(VENDOR)/pack/jupyter-widgets-html-manager-1.0.15/package/dist $(VENDOR)/html-manager
-	mv $(VENDOR)/pack/requirejs-2.3.7/package/require.js $(VENDOR)/require.js
-	mv $(VENDOR)/pack/mathjax-3.2.2/package/es5 $(VENDOR)/mathjax
-	rm -rf $(VENDOR)/pack
-	touch $@
+# manager, require.js and MathJax 3, fetched from the npm registry at build time by
+# a Python script (no Node.js needed), each tarball checked against its integrity hash.
+$(VENDOR)/.done: book/_ext/fetch_vendor.py
+	$(BIN)/python book/_ext/fetch_vendor.py $(VENDOR)
 
 ## make test: unit tests, every notebook under strict nbval, then the site in a browser
 ## (the browser part runs when Chromium is installed, and says so when it is skipped)
