@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from layers.benchmarking import (compile_demo, compile_result, format_compile, format_table, profile_case, run,
-                                 write_csv, write_markdown)
+from .report import format_table, write_csv, write_markdown
+from .runner import compile_demo, compile_result, format_compile, profile_case, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,14 @@ import math
 import pytest
 import torch
 
+from benchmarks import registry as cases_module
 from benchmarks.__main__ import main
-from layers.benchmarking import (PeakMemory, Result, compile_result, format_compile, naive_attention, peak_bytes,
-                                 saved_bytes, write_csv, write_markdown)
+from benchmarks.registry import Case, cases
+from benchmarks.report import Result, write_csv, write_markdown
+from benchmarks.runner import compile_result, format_compile
+from layers.attention import scaled_dot_product_attention
+from layers.measuring import OpCounter, PeakMemory, peak_bytes, saved_bytes, time_step
+from layers.references import naive_attention
 
 
 def test_quick_run_writes_table(tmp_path, capsys):
@@ -17,15 +22,14 @@ def test_quick_run_writes_table(tmp_path, capsys):
     assert "time ratio" in printed and "Linear" in printed
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     names = [r["layer"] for r in rows]
-    assert "Linear" in names and "ReLU" in names
+    assert names == [c.name for c in cases(quick=True)]         # every registered case has its row
+    assert {"Linear", "ReLU", "MultiHeadAttention", "attention vs naive autograd"} <= set(names)
     for r in rows:
         assert float(r["ours_ms"]) > 0 and float(r["torch_ms"]) > 0, r
         assert r["status"] in ("n/a", "not checked"), r       # quick runs never claim a target
-    attention = [r for r in rows if r["layer"] == "attention vs naive autograd"]
-    if attention:                                              # peak measured on CPU: the ratio is the peak ratio
-        (a,) = attention
-        assert float(a["ours_peak_mb"]) > 0 and float(a["torch_peak_mb"]) > 0
-        assert float(a["memory_ratio"]) == pytest.approx(float(a["ours_peak_mb"]) / float(a["torch_peak_mb"]))
+    (a,) = [r for r in rows if r["layer"] == "attention vs naive autograd"]
+    assert float(a["ours_peak_mb"]) > 0 and float(a["torch_peak_mb"]) > 0
+    assert float(a["memory_ratio"]) == pytest.approx(float(a["ours_peak_mb"]) / float(a["torch_peak_mb"]))
     md = (tmp_path / "results.md").read_text()
     assert md.count("\n|") == len(rows) + 2                    # header, separator, one line per row
 
@@ -34,6 +38,48 @@ def test_only_filter_and_strict_exit_code(tmp_path):
     assert main(["--quick", "--only", "Linear", "--out-dir", str(tmp_path), "--strict"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert [r["layer"] for r in rows] == ["Linear"]
+
+
+def test_strict_fails_on_a_missed_target(monkeypatch, tmp_path):
+    def builders(quick, device):                               # a case that cannot meet its target
+        slow = Case("slow", "(8,)", lambda x: (x.exp() * 2).exp().log(), lambda x: x * 2,
+                    lambda: [torch.randn(8, requires_grad=True)], {"time": 1e-6})
+        return [("slow", lambda: slow)]
+    monkeypatch.setattr(cases_module, "builders", builders)
+    monkeypatch.setattr(cases_module, "extra_builders", lambda quick, device: [])
+    args = ["--only", "slow", "--out-dir", str(tmp_path), "--no-compile"]
+    assert main(args) == 0                                     # reported, but not an error without --strict
+    assert main(args + ["--strict"]) == 1
+
+
+def test_other_benchmark_modules_add_cases(monkeypatch):
+    class Module:
+        @staticmethod
+        def builders(quick, device):
+            return [("extra", lambda: Case("extra", "()", torch.exp, torch.exp, lambda: [torch.randn(2)]))]
+    monkeypatch.setattr(cases_module.importlib, "import_module", lambda name: Module)
+    monkeypatch.setattr(cases_module.pkgutil, "iter_modules",
+                        lambda paths: [type("Info", (), {"name": "kernels"})(), type("Info", (), {"name": "report"})()])
+    assert [c.name for c in cases(quick=True, only=["extra"])] == ["extra"]
+
+
+def test_time_step_reports_the_minimum_of_alternating_blocks():
+    calls = []
+    fast, slow = (lambda: calls.append("a")), (lambda: (calls.append("b"), sum(range(20000))))
+    t_fast, t_slow = time_step([fast, slow], warmup=1, repeats=3, min_block_s=0.001)
+    assert 0 < t_fast < t_slow
+    timed = [c for c in calls[4:] if c]                        # after warm-up and sizing
+    assert timed.index("b") > 0 and "a" in timed[timed.index("b"):]   # blocks alternate
+
+
+def test_op_counter_counts_names_and_largest():
+    x = torch.randn(16, 8, requires_grad=True)
+    with OpCounter() as ops:
+        (x * 2).sum().backward()
+    assert ops.count == len(ops.names) > 0 and "mul" in ops.names and ops.largest == 16 * 8
+    with OpCounter(min_numel=16 * 8, skip_views=True) as big:
+        x.t().exp().sum()
+    assert big.names == ["exp", "sum"]                         # the transpose is a view
 
 
 def test_status_reports_missed_targets():
@@ -54,10 +100,14 @@ def test_saved_bytes_counts_what_backward_keeps():
     assert saved_bytes(lambda t: t.sin(), [x]) == 0            # sin saves its input, which is alive anyway
 
 
+def test_saved_bytes_can_include_the_inputs():
+    x = torch.randn(64, 32, requires_grad=True)
+    assert saved_bytes(lambda t: t.sin(), [x], include_inputs=True) == 64 * 32 * 4
+
+
 def test_attention_keeps_at_most_half_the_memory_of_naive_autograd():
-    attention = pytest.importorskip("layers.attention")
     q, k, v = (torch.randn(1, 2, 256, 16, requires_grad=True) for _ in range(3))
-    ours = saved_bytes(attention.scaled_dot_product_attention, [q, k, v])
+    ours = saved_bytes(scaled_dot_product_attention, [q, k, v])
     naive = saved_bytes(naive_attention, [q, k, v])
     assert naive >= 2 * 256 * 256 * 4                          # at least the (L, S) matrix per head
     assert ours <= 0.5 * naive, (ours, naive)
@@ -87,9 +137,8 @@ def test_peak_bytes_sees_forward_and_backward():
 
 
 def test_attention_peak_is_at_most_half_of_naive_autograd_at_length_1024():
-    attention = pytest.importorskip("layers.attention")
     q, k, v = (torch.randn(1, 1, 1024, 16, requires_grad=True) for _ in range(3))
-    ours = peak_bytes(attention.scaled_dot_product_attention, [q, k, v])
+    ours = peak_bytes(scaled_dot_product_attention, [q, k, v])
     naive = peak_bytes(naive_attention, [q, k, v])
     assert naive >= 2 * 1024 * 1024 * 4                        # scores and probabilities at least
     assert ours <= 0.5 * naive, (ours, naive)

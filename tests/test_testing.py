@@ -6,8 +6,12 @@ from torch import nn
 
 import layers
 from layers.linear import LinearFunction
-from layers.testing import (LayerCheckError, check_exercise, check_layer, numerical_gradient,
-                            relative_error)
+from layers.teaching import check_exercise
+from layers.testing import (CheckSetup, LayerCheckError, check_compile, check_forward_ad, check_layer,
+                            check_low_precision, check_vmap, numerical_gradient, relative_error)
+
+# the transform checks, which the toy layers below (built on LinearFunction) need not pass
+NO_TRANSFORMS = dict(vmap=False, forward_ad=False, compile=False, low_precision=False)
 
 
 def _linear_with_backward(backward):
@@ -48,7 +52,7 @@ def _wrong_scale(ctx, g):
 def test_wrong_backward_fails(backward, bad):
     x = torch.randn(5, 4, requires_grad=True)
     with pytest.raises(LayerCheckError) as info:
-        check_layer(_linear_with_backward(backward), nn.Linear(4, 3), (x,))
+        check_layer(_linear_with_backward(backward), nn.Linear(4, 3), (x,), **NO_TRANSFORMS)
     report = info.value.report
     assert not report["reference"].passed
     assert bad in report["reference"].detail
@@ -136,19 +140,25 @@ def test_tolerances_are_per_dtype():
 
 def test_report_lists_every_check():
     x = torch.randn(3, 4, requires_grad=True)
-    report = check_layer(layers.Linear(4, 2), nn.Linear(4, 2), (x,))
+    report = check_layer(layers.Linear(4, 2), nn.Linear(4, 2), (x,), raise_on_failure=False)
     names = [r.name for r in report.results]
     assert names == ["inputs unmodified", "reference", "gradcheck", "gradgradcheck",
-                     "non-contiguous", "empty batch", "needs_input_grad", "cuda"]
+                     "non-contiguous", "empty batch", "needs_input_grad", "vmap", "forward_ad", "compile",
+                     "low_precision", "cuda"]
     text = str(report)
-    assert text.startswith("check_layer(Linear): passed") and "max abs" in text
+    assert text.startswith("check_layer(Linear): ") and "max abs" in text
+    passed = check_layer(torch.tanh, torch.tanh, (x,))
+    assert str(passed).startswith("check_layer(tanh): passed")
+    assert [r.name for r in check_layer(torch.tanh, torch.tanh, (x,), **NO_TRANSFORMS).results] == [
+        "inputs unmodified", "reference", "gradcheck", "gradgradcheck", "non-contiguous", "empty batch",
+        "needs_input_grad", "cuda"]
 
 
 def test_integer_inputs_pass_through():
     logits = torch.randn(5, 3, requires_grad=True)
     target = torch.tensor([0, 2, 1, 1, 0])
     check_layer(nn.functional.cross_entropy, nn.functional.cross_entropy, (logits, target),
-                empty_batch=False)
+                empty_batch=False, low_precision=False)
 
 
 def test_numerical_gradient_matches_autograd():
@@ -194,3 +204,111 @@ def test_shared_work_relaxes_only_the_named_gradient():
                          raise_on_failure=False)
     assert not report["needs_input_grad"].passed
     assert "'input 0'" in report["needs_input_grad"].detail      # the unnamed leaves are still checked
+
+
+# ------------------------------------------------ transform checks, on toy layers y = 3x
+class _Triple(torch.autograd.Function):
+    """y = 3x, without a vmap rule or a jvp."""
+
+    @staticmethod
+    def forward(x):
+        return x * 3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 3
+
+
+class _TripleVmap(_Triple):
+    generate_vmap_rule = True
+
+
+class _TripleJvp(_TripleVmap):
+    @staticmethod
+    def jvp(ctx, dx):
+        return dx * 3
+
+
+class _WrongJvp(_TripleVmap):
+    @staticmethod
+    def jvp(ctx, dx):
+        return dx * 2
+
+
+def _triple(x):
+    return x * 3
+
+
+def _x():
+    return torch.randn(4, 3, requires_grad=True)
+
+
+def test_vmap_check_fails_without_a_vmap_rule():
+    failed = check_vmap(CheckSetup(_Triple.apply, _triple, (_x(),)))
+    assert not failed.passed and "vmap" in failed.detail
+    assert check_vmap(CheckSetup(_TripleVmap.apply, _triple, (_x(),))).status == "ok"
+
+
+def test_vmap_check_catches_a_wrong_batched_result():
+    class Leaky(_Triple):                                      # its vmap rule mixes the samples
+        @staticmethod
+        def vmap(info, in_dims, x):
+            return x * 3 + x.mean(in_dims[0], keepdim=True), in_dims[0]
+
+    result = check_vmap(CheckSetup(Leaky.apply, _triple, (_x(),)))
+    assert not result.passed and "output 0 differs" in result.detail
+
+
+def test_vmap_check_is_skipped_where_torch_fails_too():
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    result = check_vmap(CheckSetup(nn.BatchNorm2d(3), nn.BatchNorm2d(3), (x,)))
+    assert result.status == "skipped" and "reference fails under vmap too" in result.detail
+
+
+def test_forward_ad_check_needs_a_right_jvp():
+    assert not check_forward_ad(CheckSetup(_TripleVmap.apply, _triple, (_x(),))).passed   # no jvp
+    wrong = check_forward_ad(CheckSetup(_WrongJvp.apply, _triple, (_x(),)))
+    assert not wrong.passed and "by jvp" in wrong.detail
+    assert check_forward_ad(CheckSetup(_TripleJvp.apply, _triple, (_x(),))).status == "ok"
+
+
+def test_compile_check_catches_a_graph_break():
+    def reads_a_value(x):
+        return x * 3 if x.sum().item() > -1e9 else x            # .item(): a graph break
+
+    assert not check_compile(CheckSetup(reads_a_value, _triple, (_x(),))).passed
+    assert check_compile(CheckSetup(_TripleVmap.apply, _triple, (_x(),))).status == "ok"
+    # torch 2.13's Dynamo cannot trace a Function that defines jvp: "Unsupported custom jvp"
+    assert "custom jvp" in check_compile(CheckSetup(_TripleJvp.apply, _triple, (_x(),))).detail
+
+
+def test_low_precision_check_catches_lost_precision():
+    def through_bfloat16(x):                                   # rounds to bfloat16 whatever the dtype
+        return x.to(torch.bfloat16).to(x.dtype) * 3
+
+    result = check_low_precision(CheckSetup(through_bfloat16, _triple, (_x(),)))
+    assert not result.passed and "float16" in result.detail
+    good = check_low_precision(CheckSetup(_TripleJvp.apply, _triple, (_x(),)))
+    assert good.status == "ok" and "autocast bfloat16" in good.detail
+
+
+def test_low_precision_check_compares_the_autocast_dtype():
+    w = torch.randn(2, 3, requires_grad=True)
+
+    def float32_out(x, w):                                     # autocast gives torch's linear bfloat16
+        return (x @ w.T).float()
+
+    result = check_low_precision(CheckSetup(float32_out, nn.functional.linear, (_x(), w)))
+    assert not result.passed and "output dtypes" in result.detail
+    assert check_low_precision(CheckSetup(lambda x, w: x @ w.T, nn.functional.linear, (_x(), w))).passed
+
+
+def test_each_transform_check_has_a_switch():
+    report = check_layer(_Triple.apply, _triple, (_x(),), raise_on_failure=False)
+    assert {r.name for r in report.failed} == {"vmap", "forward_ad"}
+    assert check_layer(_Triple.apply, _triple, (_x(),), vmap=False, forward_ad=False).passed
+    assert check_layer(_TripleJvp.apply, _triple, (_x(),), compile=False).passed
