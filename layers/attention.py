@@ -259,10 +259,12 @@ def _broadcast(*shapes) -> tuple[int, ...] | None:
     n = max(len(s) for s in shapes)
     result = []
     for sizes in zip(*[(1,) * (n - len(s)) + tuple(s) for s in shapes]):
-        not_one = {d for d in sizes if d != 1}
-        if len(not_one) > 1:
-            return None
-        result.append(not_one.pop() if not_one else 1)
+        size = 1
+        for d in sizes:
+            if d != 1 and size != 1 and d != size:
+                return None
+            size = d if d != 1 else size
+        result.append(size)
     return tuple(result)
 
 
