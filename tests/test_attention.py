@@ -47,8 +47,27 @@ def test_sdpa_check_layer(dtype, mask_kind, sizes):
     elif mask_kind == "causal":
         causal = True
     full = dtype == torch.float64
-    check_layer(scaled_dot_product_attention, torch_sdpa, (q, k, v, mask, causal),
-                gradcheck=full, gradgradcheck=full and L == 3)     # gradgradcheck is slow: one size
+    check_layer(lambda a, b, c, m: scaled_dot_product_attention(a, b, c, m, is_causal=causal),
+                lambda a, b, c, m: torch_sdpa(a, b, c, m, causal), (q, k, v, mask),
+                gradcheck=full, gradgradcheck=full and L == 3 and mask_kind == "float")  # slow: one case
+
+
+@pytest.mark.parametrize("mask_shape", [(3, 4), (2, 1, 1, 4)])
+def test_sdpa_learned_float_mask_gets_its_gradient(mask_shape):
+    q, k, v = qkv(batch=(2,), L=3, S=4, E=2, Ev=2)
+    bias = torch.randn(*mask_shape[-3:], dtype=torch.float64, requires_grad=True)   # broadcast over batch
+    check_layer(scaled_dot_product_attention, torch_sdpa, (q, k, v, bias), gradgradcheck=len(mask_shape) == 2,
+                empty_batch=False)
+
+
+def test_sdpa_broadcasts_batch_and_gqa():
+    q, (k, v) = qkv(batch=(2,), L=3)[0], qkv(batch=(2, 2))[1:]       # 3-D query, 4-D key/value
+    check_layer(scaled_dot_product_attention, torch_sdpa, (q, k, v), gradgradcheck=False, empty_batch=False)
+    q4 = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    gqa = lambda a, b, c: F.scaled_dot_product_attention(a, b, c, enable_gqa=True)  # noqa: E731
+    check_layer(lambda a, b, c: scaled_dot_product_attention(a, b, c, enable_gqa=True), gqa,
+                (q4, *(torch.randn(1, 2, 5, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))),
+                gradgradcheck=False, empty_batch=False)
 
 
 @pytest.mark.parametrize("mask_shape", [(1, 4), (3, 4), (1, 3, 4), (2, 1, 1, 4)])
@@ -93,17 +112,17 @@ def test_backward_saves_no_probability_matrix():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        ScaledDotProductAttentionFunction.apply(q, k, v, None, False, 0.5)
+        ScaledDotProductAttentionFunction.apply(q, k, v, None, False, 0.5, 128)
     assert (1, L, S) not in shapes
     assert sorted(shapes) == sorted([(1, L, 4), (1, S, 4), (1, S, 4), (1, L, 4), (1, L)])
 
 
 def test_logsumexp_output_and_its_gradient():
     q, k, v = qkv()
-    out, lse = ScaledDotProductAttentionFunction.apply(q, k, v, None, True, 0.7)
+    out, lse = ScaledDotProductAttentionFunction.apply(q, k, v, None, True, 0.7, 128)
     scores = (q @ k.transpose(-2, -1) * 0.7).masked_fill(~torch.ones(3, 4, dtype=torch.bool).tril(), float("-inf"))
     torch.testing.assert_close(lse, torch.logsumexp(scores, -1))
-    check_layer(lambda a, b, c: ScaledDotProductAttentionFunction.apply(a, b, c, None, True, 0.7),
+    check_layer(lambda a, b, c: ScaledDotProductAttentionFunction.apply(a, b, c, None, True, 0.7, 128),
                 lambda a, b, c: (F.scaled_dot_product_attention(a, b, c, is_causal=True, scale=0.7),
                                  torch.logsumexp((a @ b.transpose(-2, -1) * 0.7).masked_fill(
                                      ~torch.ones(3, 4, dtype=torch.bool).tril(), float("-inf")), -1)),
@@ -124,8 +143,20 @@ def test_attention_weights_match_softmax(scale):
      ValueError, "same head dimension E, got 4 and 3"),
     (lambda: scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 6, 4)),
      ValueError, "same sequence length S, got 5 and 6"),
-    (lambda: scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4)),
-     ValueError, "same batch dimensions"),
+    (lambda: scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(3, 5, 4), torch.randn(3, 5, 4)),
+     ValueError, "broadcastable batch dimensions"),
+    (lambda: scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4), dropout_p=0.1),
+     ValueError, "dropout_p"),
+    (lambda: scaled_dot_product_attention(torch.randn(1, 3, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4),
+                                          enable_gqa=True), ValueError, "enable_gqa"),
+    (lambda: MultiHeadAttention(8, 2, dropout=0.1), ValueError, "dropout"),
+    (lambda: MultiHeadAttention(8, 2, add_bias_kv=True), ValueError, "add_bias_kv"),
+    (lambda: MultiHeadAttention(8, 2, add_zero_attn=True), ValueError, "add_zero_attn"),
+    (lambda: MultiHeadAttention(8, 2)(torch.randn(3, 2, 8), torch.randn(4, 2, 8), torch.randn(4, 2, 8),
+                                      torch.ones(2, 5, dtype=torch.bool)), ValueError, "key_padding_mask of shape"),
+    (lambda: MultiHeadAttention(8, 2)(torch.randn(2, 3, 2, 8), torch.randn(2, 4, 2, 8), torch.randn(2, 4, 2, 8)),
+     ValueError, "2 \\(unbatched\\) or 3 dimensions"),
+    (lambda: MultiHeadAttention.from_torch(nn.Linear(2, 2)), TypeError, "MultiheadAttention"),
     (lambda: scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 4),
                                           torch.ones(3, 4, dtype=torch.bool)),
      ValueError, r"broadcastable to the scores' shape \(2, 3, 5\), got \(3, 4\)"),
@@ -138,16 +169,13 @@ def test_attention_weights_match_softmax(scale):
     (lambda: scaled_dot_product_attention(torch.ones(3, 4, dtype=torch.long), torch.randn(5, 4), torch.randn(5, 4)),
      TypeError, "query to be a floating-point tensor"),
     (lambda: MultiHeadAttention(10, 3), ValueError, "embed_dim divisible by num_heads, got embed_dim=10, num_heads=3"),
-    (lambda: MultiHeadAttention(8, 2)(torch.randn(2, 3, 6), torch.randn(2, 3, 8), torch.randn(2, 3, 8)),
+    (lambda: MultiHeadAttention(8, 2)(torch.randn(3, 2, 6), torch.randn(3, 2, 8), torch.randn(3, 2, 8)),
      ValueError, "query of size 8 in dimension -1, got 6"),
-    (lambda: MultiHeadAttention(8, 2)(torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 5, 8)),
-     ValueError, "same B and S"),
-    (lambda: MultiHeadAttention(8, 2)(torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 8),
-                                      torch.ones(3, 3, dtype=torch.bool)),
-     ValueError, r"broadcastable to the scores' shape \(2, 2, 3, 4\)"),
-    (lambda: MultiHeadAttention(8, 2).load_from_torch(nn.MultiheadAttention(8, 2)), ValueError, "batch_first=True"),
-    (lambda: MultiHeadAttention(8, 2).load_from_torch(nn.MultiheadAttention(8, 4, batch_first=True)),
-     ValueError, "num_heads"),
+    (lambda: MultiHeadAttention(8, 2)(torch.randn(3, 2, 8), torch.randn(4, 2, 8), torch.randn(5, 2, 8)),
+     ValueError, "same batch size and key, value with the same length S"),
+    (lambda: MultiHeadAttention(8, 2)(torch.randn(3, 2, 8), torch.randn(4, 2, 8), torch.randn(4, 2, 8),
+                                      attn_mask=torch.ones(3, 3, dtype=torch.bool)),
+     ValueError, r"attn_mask of shape \(3, 4\) or \(4, 3, 4\)"),
 ])
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
@@ -155,131 +183,110 @@ def test_bad_input(call, error, match):
 
 
 # ------------------------------------------------------------- MultiHeadAttention
-class FunctionalTorchMHA(nn.Module):
-    """The reference: PyTorch's F.multi_head_attention_forward with our parameter names."""
-
-    def __init__(self, embed_dim, num_heads, bias=True, kdim=None, vdim=None):
-        super().__init__()
-        self.num_heads, self.embed_dim = num_heads, embed_dim
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-
-    def forward(self, query, key, value, attn_mask=None, is_causal=False, need_weights=False,
-                average_attn_weights=True):
-        B, L, _ = query.shape
-        S = key.shape[1]
-        allowed = torch.ones(B, self.num_heads, L, S, dtype=torch.bool)
-        bias = torch.zeros(B, self.num_heads, L, S, dtype=query.dtype)
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            allowed = allowed & attn_mask
-        elif attn_mask is not None:
-            bias = bias + attn_mask
-        if is_causal:
-            allowed = allowed & torch.ones(L, S, dtype=torch.bool).tril()
-        torch_mask = bias.masked_fill(~allowed, float("-inf")).reshape(B * self.num_heads, L, S)
-        in_bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        out, weights = F.multi_head_attention_forward(
-            query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), self.embed_dim, self.num_heads,
-            None, in_bias, None, None, False, 0.0, self.out_proj.weight, self.out_proj.bias, training=False,
-            need_weights=need_weights, attn_mask=torch_mask, use_separate_proj_weight=True,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight,
-            average_attn_weights=average_attn_weights)
-        return out.transpose(0, 1), weights
+def mha_inputs(N=2, L=3, S=4, E=4, kdim=None, vdim=None, dtype=torch.float64, batch_first=False, unbatched=False):
+    def make(length, features):
+        shape = (length, features) if unbatched else (N, length, features) if batch_first else (length, N, features)
+        return torch.randn(*shape, dtype=dtype).requires_grad_(True)
+    return make(L, E), make(S, kdim or E), make(S, vdim or E)
 
 
-def mha_inputs(B=2, L=3, S=4, E=4, kdim=None, vdim=None, dtype=torch.float64):
-    make = lambda *s: torch.randn(*s, dtype=dtype).requires_grad_(True)  # noqa: E731
-    return make(B, L, E), make(B, S, kdim or E), make(B, S, vdim or E)
+def torch_pair(dtype=torch.float64, **kwargs):
+    """Ours and nn.MultiheadAttention with the same arguments and weights (non-zero biases)."""
+    ref = nn.MultiheadAttention(4, 2, **kwargs).to(dtype)
+    if ref.in_proj_bias is not None:
+        with torch.no_grad():
+            ref.in_proj_bias.normal_()
+            ref.out_proj.bias.normal_()
+    return MultiHeadAttention.from_torch(ref), ref
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", [
-    dict(bias=True), dict(bias=False), dict(bias=True, kdim=3, vdim=5),
+    dict(), dict(bias=False), dict(kdim=3, vdim=5), dict(batch_first=True),
 ])
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "causal", "bool+causal"])
-def test_mha_check_layer(dtype, config, mask_kind):
-    E, H = 4, 2
-    ours = MultiHeadAttention(E, H, **config).to(dtype)
-    ref = FunctionalTorchMHA(E, H, **config).to(dtype)
-    q, k, v = mha_inputs(kdim=config.get("kdim"), vdim=config.get("vdim"), dtype=dtype)
-    mask = None
-    if "bool" in mask_kind:
-        mask = random_bool_mask(2, 1, 3, 4, fully_masked_row=False)
-        mask[..., 0] = True                             # torch's MHA returns NaN for fully masked rows
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "padding", "bool+padding", "unbatched"])
+def test_mha_matches_torch(dtype, config, mask_kind):
+    ours, ref = torch_pair(dtype, **config)
+    unbatched = mask_kind == "unbatched"
+    q, k, v = mha_inputs(kdim=config.get("kdim"), vdim=config.get("vdim"), dtype=dtype,
+                         batch_first=config.get("batch_first", False), unbatched=unbatched)
+    attn_mask = padding = None
+    if "bool" in mask_kind:                              # torch's meaning: True = not allowed
+        attn_mask = torch.rand(2 * 2, 3, 4) > 0.6
+        attn_mask[..., 0] = False                        # torch returns NaN for a fully masked row
     elif mask_kind == "float":
-        mask = torch.randn(2, 2, 3, 4, dtype=dtype)
-    full = dtype == torch.float64 and mask_kind in ("none", "bool+causal")
-    # empty_batch=False: PyTorch's F.multi_head_attention_forward cannot reshape a batch of 0
-    # (test_mha_empty_batch runs ours alone)
-    check_layer(ours, ref, (q, k, v, mask, "causal" in mask_kind), gradcheck=full, empty_batch=False,
-                gradgradcheck=full and config == dict(bias=True) and mask_kind == "bool+causal")
+        attn_mask = torch.randn(3, 4, dtype=dtype)
+    elif unbatched:
+        attn_mask = torch.rand(2, 3, 4) > 0.6            # (num_heads, L, S)
+        attn_mask[..., 0] = False
+    if "padding" in mask_kind:
+        padding = torch.tensor([[False, True, False, True], [False, False, False, True]])
+    full = dtype == torch.float64 and mask_kind == "bool+padding" and config == {}
+    check_layer(ours, ref, (q, k, v, padding, True, attn_mask), gradcheck=full, gradgradcheck=False,
+                empty_batch=False, batch_inputs=[] if unbatched else None)
 
 
 @pytest.mark.parametrize("average", [True, False])
-def test_mha_need_weights(average):
-    ours, ref = MultiHeadAttention(4, 2), FunctionalTorchMHA(4, 2)
-    q, k, v = mha_inputs(dtype=torch.float32)
-    q, k, v = (t.float() for t in (q, k, v))
-    check_layer(ours, ref, (q, k, v, None, True, True, average), gradcheck=False, gradgradcheck=False)
-
-
-@pytest.mark.parametrize("kdim,vdim", [(None, None), (3, 5)])
-def test_mha_loads_torch_multiheadattention(kdim, vdim):
-    torch_mha = nn.MultiheadAttention(4, 2, kdim=kdim, vdim=vdim, batch_first=True).double()
-    with torch.no_grad():                                # non-zero biases, so a mix-up would show
-        torch_mha.in_proj_bias.normal_()
-        torch_mha.out_proj.bias.normal_()
-    ours = MultiHeadAttention.from_torch(torch_mha)
-    q, k, v = mha_inputs(kdim=kdim, vdim=vdim)
-    mask = torch.rand(3, 4) > 0.3
-    mask[:, 0] = True
-    out, w = ours(q, k, v, mask, need_weights=True)
-    ref_q, ref_k, ref_v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    ref_out, ref_w = torch_mha(ref_q, ref_k, ref_v, attn_mask=~mask)  # torch: True = NOT allowed
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_weights_and_causal(average, need_weights):
+    ours, ref = torch_pair(batch_first=True)
+    q, k, v = mha_inputs(batch_first=True, S=3)
+    causal = nn.Transformer.generate_square_subsequent_mask(3, dtype=torch.float64)
+    out, w = ours(q, k, v, need_weights=need_weights, average_attn_weights=average, is_causal=True)
+    ref_out, ref_w = ref(q, k, v, need_weights=need_weights, attn_mask=causal, average_attn_weights=average,
+                         is_causal=True)
     torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(w, ref_w)
-    g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, [q, k, v, *ours.parameters()], g)
-    ref_grads = torch.autograd.grad(ref_out, [ref_q, ref_k, ref_v, *torch_mha.parameters()], g)
-    for a, b in zip(grads[:3], ref_grads[:3]):
-        torch.testing.assert_close(a, b)
-    named = dict(zip([n for n, _ in ours.named_parameters()], grads[3:]))
-    ref_named = dict(zip([n for n, _ in torch_mha.named_parameters()], ref_grads[3:]))
-    if kdim is None:
-        ref_w_q, ref_w_k, ref_w_v = ref_named["in_proj_weight"].chunk(3)
-    else:
-        ref_w_q, ref_w_k, ref_w_v = (ref_named[f"{n}_proj_weight"] for n in "qkv")
-    for ours_name, ref_grad in [("q_proj.weight", ref_w_q), ("k_proj.weight", ref_w_k), ("v_proj.weight", ref_w_v),
-                                ("out_proj.weight", ref_named["out_proj.weight"]),
-                                ("out_proj.bias", ref_named["out_proj.bias"])]:
-        torch.testing.assert_close(named[ours_name], ref_grad)
-    torch.testing.assert_close(torch.cat([named[f"{n}_proj.bias"] for n in "qkv"]), ref_named["in_proj_bias"])
-    back = ours.to_torch()
-    torch.testing.assert_close(back(q, k, v, attn_mask=~mask)[0], out)
+    assert (w is None) == (ref_w is None) == (not need_weights)
+    if need_weights:
+        torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(ours(q, k, v, attn_mask=causal, is_causal=True)[0], ref_out)
+
+
+def test_mha_learned_float_mask_gets_gradient():
+    ours, ref = torch_pair()
+    q, k, v = mha_inputs()
+    bias = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    check_layer(lambda a, b, c, m: ours(a, b, c, attn_mask=m)[0], lambda a, b, c, m: ref(a, b, c, attn_mask=m)[0],
+                (q, k, v, bias), gradcheck=False, gradgradcheck=False, empty_batch=False, batch_inputs=[])
+
+
+def test_mha_state_dict_both_ways():
+    for kwargs in (dict(), dict(kdim=3, vdim=5), dict(bias=False)):
+        ref = nn.MultiheadAttention(4, 2, **kwargs)
+        ours = MultiHeadAttention(4, 2, **kwargs)
+        assert list(ours.state_dict()) == list(ref.state_dict())
+        ours.load_state_dict(ref.state_dict())
+        for name, t in ref.state_dict().items():
+            assert torch.equal(ours.state_dict()[name], t)
+        back = ours.to_torch()
+        assert all(torch.equal(back.state_dict()[n], t) for n, t in ours.state_dict().items())
+    default = MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2))
+    assert default.batch_first is False and default.in_proj_weight.shape == (24, 8)
 
 
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_mha_empty_batch(need_weights):
-    q, k, v = mha_inputs(B=0)
-    check_layer(MultiHeadAttention(4, 2).double(), None, (q, k, v, None, True, need_weights),
-                gradcheck=False, gradgradcheck=False, noncontiguous=False, needs_input_grad=False)
-    out, w = MultiHeadAttention(4, 2).double()(q, k, v, None, True, need_weights)
+    q, k, v = mha_inputs(N=0, batch_first=True)
+    ours, ref = torch_pair(batch_first=True)
+    check_layer(ours, None, (q, k, v, None, need_weights), gradcheck=False, gradgradcheck=False,
+                noncontiguous=False, needs_input_grad=False)
+    out, w = ours(q, k, v, need_weights=need_weights)
     assert out.shape == (0, 3, 4) and (w is None or w.shape == (0, 3, 4))
 
 
 def test_mha_structure_and_init():
     mha = MultiHeadAttention(8, 2, kdim=3, vdim=5)
-    assert all(isinstance(p, Linear) for p in (mha.q_proj, mha.k_proj, mha.v_proj, mha.out_proj))
-    assert mha.k_proj.weight.shape == (8, 3) and mha.v_proj.weight.shape == (8, 5)
-    assert torch.equal(mha.q_proj.bias, torch.zeros(8)) and torch.equal(mha.out_proj.bias, torch.zeros(8))
-    assert mha.extra_repr() == "embed_dim=8, num_heads=2, bias=True, kdim=3, vdim=5"
-    assert MultiHeadAttention(8, 2, bias=False).q_proj.bias is None
+    assert isinstance(mha.out_proj, Linear) and mha.in_proj_weight is None
+    assert mha.k_proj_weight.shape == (8, 3) and mha.v_proj_weight.shape == (8, 5)
+    assert torch.equal(mha.in_proj_bias, torch.zeros(24)) and torch.equal(mha.out_proj.bias, torch.zeros(8))
+    assert mha.extra_repr() == "embed_dim=8, num_heads=2, bias=True, batch_first=False, kdim=3, vdim=5"
+    assert MultiHeadAttention(8, 2, bias=False).in_proj_bias is None
+    meta = MultiHeadAttention(8, 2, device="meta", dtype=torch.float64)
+    assert all(p.device.type == "meta" and p.dtype == torch.float64 for p in meta.parameters())
 
 
 def test_mha_one_sgd_step_lowers_loss():
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, 2, batch_first=True)
     x, target = torch.randn(4, 5, 8), torch.randn(4, 5, 8)
     opt = torch.optim.SGD(mha.parameters(), lr=0.1)
     before = F.mse_loss(mha(x, x, x, is_causal=True)[0], target)
@@ -316,14 +323,14 @@ def test_blocked_equals_unblocked_formula(block_size, mask_kind):
         mask[1, 0, 9, :] = float("-inf")              # fully masked row in the short last block
 
     def ours(a, b, c):
-        return scaled_dot_product_attention(a, b, c, mask, causal, block_size=block_size)
+        return scaled_dot_product_attention(a, b, c, mask, is_causal=causal, block_size=block_size)
 
     def ref(a, b, c):
         return unblocked_reference(a, b, c, mask, causal)
 
     check_layer(ours, ref, (q, k, v), gradcheck=False, gradgradcheck=False, empty_batch=False)
     # a single block (the whole matrix at once) gives the same numbers
-    torch.testing.assert_close(ours(q, k, v), scaled_dot_product_attention(q, k, v, mask, causal, block_size=L))
+    torch.testing.assert_close(ours(q, k, v), scaled_dot_product_attention(q, k, v, mask, is_causal=causal, block_size=L))
 
 
 def test_blocked_double_backward_across_blocks():
@@ -362,3 +369,65 @@ def test_bad_block_size(block_size):
     q, k, v = qkv()
     with pytest.raises(ValueError, match="block_size to be a positive integer"):
         scaled_dot_product_attention(q, k, v, block_size=block_size)
+
+
+# ------------------------------------------------------------- composability
+def test_sdpa_vmap_jvp_jacrev():
+    q, k, v = (t.detach() for t in qkv(batch=(2,), L=3, S=4))
+    mask = torch.randn(3, 4, dtype=torch.float64)
+    ours = lambda a, b, c, m: scaled_dot_product_attention(a, b, c, m)       # noqa: E731
+    ref = lambda a, b, c, m: F.scaled_dot_product_attention(a, b, c, m)      # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(ours, (0, 0, 0, None))(q, k, v, mask), ref(q, k, v, mask))
+    tangents = tuple(torch.randn_like(t) for t in (q, k, v, mask))
+    torch.testing.assert_close(torch.func.jvp(ours, (q, k, v, mask), tangents),
+                               torch.func.jvp(ref, (q, k, v, mask), tangents))
+    causal = lambda a: scaled_dot_product_attention(a, k, v, is_causal=True)  # noqa: E731
+    torch.testing.assert_close(torch.func.jacrev(causal)(q), torch.func.jacfwd(
+        lambda a: F.scaled_dot_product_attention(a, k, v, is_causal=True))(q))
+
+
+def test_sdpa_autocast_dtype_and_low_precision_accuracy():
+    q, k, v = (torch.randn(2, 2, 64, 16) * 2 for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert scaled_dot_product_attention(q, k, v).dtype == F.scaled_dot_product_attention(q, k, v).dtype
+    truth = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = [t.to(dtype) for t in (q, k, v)]
+        ours = (scaled_dot_product_attention(*low, is_causal=True).double() - truth).abs().max()
+        torchs = (F.scaled_dot_product_attention(*low, is_causal=True).double() - truth).abs().max()
+        assert ours <= 1.5 * torchs, (dtype, ours, torchs)
+
+
+def test_mha_autocast_dtype():
+    ours, ref = torch_pair(torch.float32)
+    x = torch.randn(3, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (out, w), (ref_out, ref_w) = ours(x, x, x), ref(x, x, x)
+    assert (out.dtype, w.dtype) == (ref_out.dtype, ref_w.dtype)
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = MultiHeadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False, is_causal=True)[0].sum(-1)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_compile_export_and_trace_match_eager(train):
+    """fullgraph: a graph break fails; aot_eager also traces the backward."""
+    torch._dynamo.reset()
+    model = _Block().train(train)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    eager = model(x)
+    g_eager = torch.autograd.grad(eager.sum(), [x, *model.parameters()])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(torch.autograd.grad(compiled.sum(), [x, *model.parameters()]), g_eager):
+        torch.testing.assert_close(a, b)
+    exported = torch.export.export(model, (x.detach(),)).module()
+    torch.testing.assert_close(exported(x.detach()), eager.detach())
+    traced = torch.jit.trace(model, (x.detach(),), check_trace=False)
+    torch.testing.assert_close(traced(x.detach()), eager.detach())
