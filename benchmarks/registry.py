@@ -118,11 +118,11 @@ def builders(quick: bool, device) -> list[Builder]:
 
     def mha():
         b, L, e, h = (2, 8, 16, 4) if q else (8, 256, 256, 8)
-        ours = MultiHeadAttention(e, h).to(d)
+        ours = MultiHeadAttention(e, h, batch_first=True).to(d)
         ref = ours.to_torch().to(d)                            # nn.MultiheadAttention with our weights
 
         def ours_fn(x):
-            return ours(x, x, x)[0]
+            return ours(x, x, x, need_weights=False)[0]
 
         def ref_fn(x):
             return ref(x, x, x, need_weights=False)[0]

@@ -17,7 +17,9 @@ module                     chapter
 ``layers.attention``       Attention
 ``layers.losses``          Losses
 ``layers.quantization``    Quantization-aware training
-``layers.benchmarking``    Custom layers in practice (speed and memory)
+``layers.measuring``       Custom layers in practice (speed and memory)
+``layers.references``      (plain-torch references for tests, benchmarks, chapters)
+``layers.teaching``        (exercise feedback used by every chapter)
 ``layers.export``          Custom layers in practice (deployment)
 ``layers.robustness``      Custom layers in practice (adversarial examples)
 ``layers.parallel``        Custom layers in practice (tensor parallelism)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
+from ._compile import traceable, without_jvp
 from ._validation import check_same_device, check_same_dtype, check_tensor
 from .linear import Linear, linear
 
@@ -239,19 +240,7 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
         return torch.cat(touts, dim=-2).to(dtype), torch.cat(tlses, dim=-1)
 
 
-class _AttentionWithoutJVP(ScaledDotProductAttentionFunction):
-    """The same Function without its ``jvp``, for torch.compile and torch.export.
-
-    Dynamo refuses to trace an ``autograd.Function`` that defines a custom
-    ``jvp`` ("Unsupported custom jvp", a graph break), so while compiling the
-    functional form applies this subclass: same forward, same backward.
-    """
-
-    jvp = torch.autograd.Function.jvp
-
-
-def _attention_function() -> type[ScaledDotProductAttentionFunction]:
-    return _AttentionWithoutJVP if torch.compiler.is_compiling() else ScaledDotProductAttentionFunction
+_AttentionTraced = without_jvp(ScaledDotProductAttentionFunction)
 
 
 def _broadcast(*shapes) -> tuple[int, ...] | None:
@@ -374,7 +363,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     query, key, value = (t if t.shape[:-2] == batch else t.expand(*batch, *t.shape[-2:])
                          for t in (query, key, value))                # (*, L, E), (*, S, E), (*, S, Ev)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    out, _ = autocast_apply(_attention_function().apply, "lower", query, key, value, attn_mask,
+    out, _ = autocast_apply(traceable(ScaledDotProductAttentionFunction, _AttentionTraced).apply, "lower", query, key, value, attn_mask,
                             is_causal, scale, block_size)
     return out
 
