@@ -96,6 +96,18 @@ def _check_constant(where: str, name: str, t: Tensor | None) -> None:
                          f"as in torch's nll_loss and binary_cross_entropy_with_logits)")
 
 
+def _apply(function: type[torch.autograd.Function], traced: type[torch.autograd.Function], *args) -> Tensor:
+    """``function.apply(*args)`` under autocast's float32 policy for losses.
+
+    Under ``torch.compile`` ``traced`` is applied: the same Function without its ``jvp``. Dynamo cannot
+    trace a Function that defines a custom ``jvp`` (it would break the graph), and compiled
+    code runs reverse mode. Forward, backward and the vmap rule are the same methods.
+    """
+    if torch.compiler.is_compiling():
+        function = traced
+    return autocast_apply(function.apply, "float32", *args)
+
+
 # ------------------------------------------------------------------------------ MSE
 class MSELossFunction(torch.autograd.Function):
     r"""Squared error :math:`\ell_i = (x_i - t_i)^2`, reduced; ``input`` and ``target`` broadcast.
@@ -198,7 +210,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         warnings.warn(f"{where}: using a target size ({tuple(target.shape)}) that is different to the input "
                       f"size ({tuple(input.shape)}); they are broadcast, as in torch's mse_loss.", stacklevel=2)
     input, target = _promote(input, target)
-    return autocast_apply(MSELossFunction.apply, "float32", input, target, reduction)
+    return _apply(MSELossFunction, _MSELossTraced, input, target, reduction)
 
 
 # ---------------------------------------------------------------------- cross-entropy
@@ -430,7 +442,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         _check_class_targets(where, input, target, ignore_index)
         if target.dtype not in _INDEX_DTYPES:
             target = target.long()
-    return autocast_apply(CrossEntropyFunction.apply, "float32", input, target, weight, int(ignore_index),
+    return _apply(CrossEntropyFunction, _CrossEntropyTraced, input, target, weight, int(ignore_index),
                           reduction, float(label_smoothing))
 
 
@@ -614,7 +626,7 @@ def focal_loss(input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float 
     weight = _check_elementwise_weight(where, "weight", weight, input, shape)
     pos_weight = _check_elementwise_weight(where, "pos_weight", pos_weight, input, shape)
     input, target = _promote(input, target)
-    return autocast_apply(FocalLossFunction.apply, "float32", input, target, weight, pos_weight,
+    return _apply(FocalLossFunction, _FocalLossTraced, input, target, weight, pos_weight,
                           float(alpha), float(gamma), reduction)
 
 
@@ -726,9 +738,25 @@ def softmax_focal_loss(input: Tensor, target: Tensor, alpha: Tensor | Sequence[f
         if alpha.shape != (input.shape[1],):
             raise ValueError(f"{where}: expected alpha with one weight per class ({input.shape[1]},), "
                              f"got shape {tuple(alpha.shape)}")
-    return autocast_apply(SoftmaxFocalLossFunction.apply, "float32", input, target.long(), alpha,
+    return _apply(SoftmaxFocalLossFunction, _SoftmaxFocalLossTraced, input, target.long(), alpha,
                           float(gamma), reduction)
 
+
+# Each Function as torch.compile applies it (see _apply): the same class minus the custom jvp.
+class _MSELossTraced(MSELossFunction):
+    jvp = torch.autograd.Function.jvp
+
+
+class _CrossEntropyTraced(CrossEntropyFunction):
+    jvp = torch.autograd.Function.jvp
+
+
+class _FocalLossTraced(FocalLossFunction):
+    jvp = torch.autograd.Function.jvp
+
+
+class _SoftmaxFocalLossTraced(SoftmaxFocalLossFunction):
+    jvp = torch.autograd.Function.jvp
 
 # ------------------------------------------------------------------------- modules
 class MSELoss(nn.Module):
