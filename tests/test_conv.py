@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import batch_norm_biases, sgd_step_lowers_loss
-from layers.conv import (Conv2d, Conv2dFunction, DepthwiseSeparableConv2d, conv2d, conv2d_cost,
+from layers.blocks import DepthwiseSeparableConv2d
+from layers.conv import (Conv2d, Conv2dFunction, conv2d, conv2d_cost,
                          conv_output_size, im2col)
 from layers.testing import check_layer
 
@@ -98,7 +99,7 @@ def test_needs_input_grad_passed_through():
 
 
 @pytest.mark.parametrize("make_input, error, match", [
-    (lambda: torch.randn(3, 8, 8), ValueError, "expected input with 4 dimensions, got 3"),
+    (lambda: torch.randn(8, 8), ValueError, "expected input with 3 .unbatched. or 4 .batched. dimensions, got 2"),
     (lambda: torch.randn(1, 2, 8, 8), ValueError, "expected input with 3 channels in dimension 1 .*got 2"),
     (lambda: torch.randn(1, 3, 2, 8), ValueError, "kernel height 3 .* larger than the padded input height"),
     (lambda: torch.randint(0, 5, (1, 3, 8, 8)), TypeError, "floating-point"),
