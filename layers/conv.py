@@ -141,7 +141,9 @@ def _conv2d_input_grad(grad_out: Tensor, weight: Tensor, input_hw: tuple[int, in
     w_t = weight.reshape(groups, out_ch // groups, cg * kh * kw).transpose(1, 2)   # (G, K, O/G)
     g = grad_out.reshape(n, groups, out_ch // groups, ho * wo)                     # (N, G, O/G, L)
     cols_grad = torch.matmul(w_t, g).reshape(n, groups * cg * kh * kw, ho * wo)    # (N, C*kh*kw, L)
-    return F.fold(cols_grad, input_hw, (kh, kw), dilation, padding, stride)        # (N, C, H, W)
+    acc = torch.promote_types(grad_out.dtype, torch.float32)                      # float16/bfloat16: sum in float32
+    dx = F.fold(cols_grad.to(acc), input_hw, (kh, kw), dilation, padding, stride)  # (N, C, H, W)
+    return dx.to(grad_out.dtype)
 
 
 # --------------------------------------------------------------------------- Function
