@@ -367,6 +367,7 @@ class BatchNorm2d(nn.Module):
         affine: learn :math:`\gamma` (``weight``) and :math:`\beta` (``bias``). Default: ``True``.
         track_running_stats: keep running statistics and use them in eval mode;
             if ``False`` batch statistics are used in both modes. Default: ``True``.
+        device, dtype: where and in which dtype to create the parameters and buffers.
 
     Shape:
         - Input: :math:`(N, C, H, W)`; output the same.
