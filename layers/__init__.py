@@ -34,8 +34,8 @@ functions whose name is also a module's (``linear``) stay in their module.
 
 from .activations import GELU, PReLU, ReLU, Sigmoid, Tanh, gelu, prelu, relu, sigmoid, tanh
 from .attention import MultiHeadAttention, scaled_dot_product_attention
-from .blocks import ResidualBlock
-from .conv import Conv2d, DepthwiseSeparableConv2d, conv2d
+from .blocks import DepthwiseSeparableConv2d, ResidualBlock
+from .conv import Conv2d, conv2d
 from .linear import Linear, LinearFunction   # `linear` (the function) stays in layers.linear,
                                               # so the name layers.linear keeps meaning the module
 from .losses import (CrossEntropyLoss, FocalLoss, MSELoss, SoftmaxFocalLoss, cross_entropy,

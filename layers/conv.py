@@ -3,10 +3,10 @@
 Taught in the chapter "Convolutions and normalization" (``book/convolutions.ipynb``).
 
 Holds :class:`Conv2dFunction` (the ``autograd.Function``), the functional
-:func:`conv2d` (same arguments and semantics as :func:`torch.nn.functional.conv2d`),
-the :class:`Conv2d` module (a drop-in for :class:`torch.nn.Conv2d`) and
-:class:`DepthwiseSeparableConv2d`, with :func:`conv2d_cost` to count parameters
-and multiply-adds.
+:func:`conv2d` (same arguments and semantics as :func:`torch.nn.functional.conv2d`)
+and the :class:`Conv2d` module (a drop-in for :class:`torch.nn.Conv2d`), with
+:func:`conv2d_cost` to count parameters and multiply-adds. The MobileNet block
+built from these, :class:`~layers.blocks.DepthwiseSeparableConv2d`, is in :mod:`layers.blocks`.
 
 How it works:
 
@@ -19,19 +19,22 @@ How it works:
 * **Backward.** The weight gradient is the backward of that matrix product,
   :math:`\\partial W = g \\, \\text{cols}^\\top`. The input gradient is the
   backward of the product, :math:`\\partial\\,\\text{cols} = W^\\top g`, *folded
-  back*: every input pixel sums the gradients of the patch entries it was
-  copied into. That sum is also a convolution (a stride-1 correlation of the
-  zero-dilated, padded output gradient with the flipped kernel, a "transposed
-  convolution"), but computing it that way needs an im2col copy of the output
-  gradient. We fold directly instead: one matrix product gives the column
-  gradient, then a loop over the ``kh * kw`` kernel taps (not over data) adds
-  one strided slice of it to the input gradient per tap.
-* **Speed.** The forward adds the bias in place into the fresh matmul output.
-  On a CPU, creating and filling large temporaries (the columns) is where the
-  time goes beyond the matrix products themselves.
+  back* (col2im, :func:`torch.nn.functional.fold`): every input pixel sums the
+  gradients of the patch entries it was copied into. That sum is also a
+  convolution (a stride-1 correlation of the zero-dilated, padded output
+  gradient with the flipped kernel, a "transposed convolution"), but computing
+  it that way needs an im2col copy of the output gradient.
 
-The backward uses only differentiable torch ops, so :func:`conv2d` is twice
-differentiable (``gradgradcheck`` passes).
+The backward uses only differentiable, out-of-place torch ops, so :func:`conv2d`
+is twice differentiable (``gradgradcheck`` passes).
+
+Composability: ``Conv2dFunction`` has ``generate_vmap_rule = True`` and a
+``jvp`` (the convolution is bilinear: :math:`\\dot y = \\dot W \\star x + W \\star
+\\dot x + \\dot b`). Dynamo cannot trace a Function that defines ``jvp``, so under
+``torch.compile`` :func:`conv2d` applies a copy without it. Under ``torch.autocast``
+the convolution runs in the autocast dtype, as ``torch.nn.functional.conv2d``
+does (:func:`layers._amp.autocast_apply`, policy ``"lower"``); the bias gradient
+is summed in float32 for float16/bfloat16.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._amp import autocast_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 
-__all__ = [
-    "Conv2dFunction", "conv2d", "im2col", "conv_output_size", "conv2d_cost",
-    "Conv2d", "DepthwiseSeparableConv2d",
-]
+__all__ = ["Conv2dFunction", "conv2d", "im2col", "conv_output_size", "conv2d_cost", "Conv2d"]
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 def _pair(value: int | tuple[int, int], name: str, where: str, minimum: int) -> tuple[int, int]:
     """``3 -> (3, 3)``, ``(3, 2) -> (3, 2)``; checks that both are integers ``>= minimum``."""
@@ -129,24 +132,18 @@ def _conv2d_input_grad(grad_out: Tensor, weight: Tensor, input_hw: tuple[int, in
                        dilation: tuple[int, int], groups: int) -> Tensor:
     """Input gradient of a convolution: the column gradient :math:`W^\\top g`, folded back (col2im).
 
-    ``cols_grad[n, c, u, v, i, j]`` is the gradient of the copy of input pixel
-    ``(s_h i + d_h u, s_w j + d_w v)`` (padded coordinates) that im2col made for
-    kernel tap ``(u, v)``. Folding adds, for each of the ``kh * kw`` taps, one
-    strided slice of the padded input gradient: a loop over kernel taps, not over data.
+    Column ``l`` of the column gradient holds, for each (channel, kernel tap), the
+    gradient of the copy of one input pixel that im2col made; ``fold`` adds every
+    copy's gradient back onto its pixel (and drops the padding).
     """
     n, out_ch, ho, wo = grad_out.shape
     _, cg, kh, kw = weight.shape
-    h, w = input_hw
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     w_t = weight.reshape(groups, out_ch // groups, cg * kh * kw).transpose(1, 2)   # (G, K, O/G)
     g = grad_out.reshape(n, groups, out_ch // groups, ho * wo)                     # (N, G, O/G, L)
-    cols_grad = torch.matmul(w_t, g).reshape(n, groups * cg, kh, kw, ho, wo)      # (N, C, kh, kw, H_out, W_out)
-    dx = grad_out.new_zeros(n, groups * cg, h + 2 * ph, w + 2 * pw)                # padded input gradient
-    for u in range(kh):
-        for v in range(kw):                    # tap (u, v) touched rows dh*u + sh*i, columns dw*v + sw*j
-            dx[:, :, dh * u: dh * u + sh * (ho - 1) + 1: sh,
-               dw * v: dw * v + sw * (wo - 1) + 1: sw] += cols_grad[:, :, u, v]
-    return dx[:, :, ph: ph + h, pw: pw + w]                                        # drop the padding: (N, C, H, W)
+    cols_grad = torch.matmul(w_t, g).reshape(n, groups * cg * kh * kw, ho * wo)    # (N, C*kh*kw, L)
+    acc = torch.promote_types(grad_out.dtype, torch.float32)                      # float16/bfloat16: sum in float32
+    dx = F.fold(cols_grad.to(acc), input_hw, (kh, kw), dilation, padding, stride)  # (N, C, H, W)
+    return dx.to(grad_out.dtype)
 
 
 # --------------------------------------------------------------------------- Function
@@ -166,30 +163,30 @@ class Conv2dFunction(torch.autograd.Function):
         \partial x = \text{fold}(W_{2d}^\top g)
                    = \text{conv}_{\text{stride }1}\big(\text{dilate}_s(g),\ \text{flip}(W)^\top\big).
 
-    ``fold`` (col2im) is computed directly: the column gradient
-    :math:`W_{2d}^\top g` is one matrix product, and each of the ``kh*kw``
-    kernel taps adds one strided slice of it to the (padded) input gradient.
+    ``fold`` (col2im) adds the column gradient :math:`W_{2d}^\top g` (one matrix
+    product) back onto the input pixels each column entry was copied from.
 
     Saves ``x`` and ``weight`` (not the columns, which are ``kh*kw`` times larger
     than ``x``; backward rebuilds them). The backward is written with
     differentiable torch ops, so double backward works through it.
 
-    Arguments of ``forward``: ``x, weight, bias, stride, padding, dilation, groups``
-    with ``stride``, ``padding``, ``dilation`` as pairs of ints.
+    Arguments of ``forward``: ``input, weight, bias, stride, padding, dilation, groups``
+    with ``stride``, ``padding``, ``dilation`` as pairs of ints (zero padding).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
                 padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> Tensor:
-        out = _conv2d_im2col(x, weight, stride, padding, dilation, groups)   # (N, O, H_out, W_out)
-        if bias is not None:
-            out.add_(bias.reshape(1, -1, 1, 1))                              # in place: out is ours
-        return out
+        out = _conv2d_im2col(input, weight, stride, padding, dilation, groups)   # (N, O, H_out, W_out)
+        return out if bias is None else out + bias.reshape(1, -1, 1, 1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, groups = inputs
         ctx.save_for_backward(x, weight)                       # only what backward reads
+        ctx.save_for_forward(x, weight)
         ctx.has_bias = bias is not None
         ctx.conf = (stride, padding, dilation, groups)
 
@@ -213,16 +210,39 @@ class Conv2dFunction(torch.autograd.Function):
             g = (grad_out.reshape(n, groups, out_ch // groups, ho * wo)    # (N, G, O/G, L)
                  .permute(1, 2, 0, 3)                                       # (G, O/G, N, L)
                  .reshape(groups, out_ch // groups, n * ho * wo))           # (G, O/G, N*L)
-            cols = cols.transpose(1, 2)                                     # view: (G, N*L, K)
-            dw = torch.matmul(g, cols).reshape(weight.shape)                # (G, O/G, K) -> (O, C/G, kh, kw)
+            dw = torch.matmul(g, cols.transpose(1, 2)).reshape(weight.shape)   # (G, O/G, K) -> (O, C/G, kh, kw)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad_out.sum((0, 2, 3))                                     # (O,)
+            acc = torch.promote_types(grad_out.dtype, torch.float32)        # float32 sums for float16/bfloat16
+            db = grad_out.sum((0, 2, 3), dtype=acc).to(grad_out.dtype)       # (O,)
         return dx, dw, db, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx_t, dw_t, db_t, *_):
+        r"""Bilinear: :math:`\dot y = W \star \dot x + \dot W \star x + \dot b`."""
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        ho = conv_output_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+        wo = conv_output_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+        dy = x.new_zeros(x.shape[0], weight.shape[0], ho, wo)                        # (N, O, H_out, W_out)
+        if dx_t is not None:
+            dy = dy + _conv2d_im2col(dx_t, weight, stride, padding, dilation, groups)  # W * dx
+        if dw_t is not None:
+            dy = dy + _conv2d_im2col(x, dw_t, stride, padding, dilation, groups)       # dW * x
+        if db_t is not None:
+            dy = dy + db_t.reshape(1, -1, 1, 1)                                        # db
+        return dy
+
+
+# Dynamo cannot trace an autograd.Function that defines jvp: under torch.compile, the same
+# Function without it (forward and backward unchanged).
+_Conv2dCompiled = type("Conv2dFunction", (Conv2dFunction,),
+                       {"jvp": staticmethod(torch.autograd.Function.jvp), "__doc__": Conv2dFunction.__doc__})
 
 
 # ------------------------------------------------------------------------- functional
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, int] = 1,
-           padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1) -> Tensor:
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, int] = 1,
+           padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,
+           groups: int = 1) -> Tensor:
     r"""2-D convolution (cross-correlation) with a hand-written backward.
 
     .. math::
@@ -230,29 +250,32 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | 
         y_{n, o, i, j} = b_o + \sum_{c \in \text{group}(o)} \sum_{u, v}
             W_{o, c, u, v} \; x^{\text{pad}}_{n, c,\; s_h i + d_h u,\; s_w j + d_w v}
 
-    Same arguments and results as :func:`torch.nn.functional.conv2d` (zero
-    padding given as numbers; ``"same"``/``"valid"`` strings are not supported).
-    Computed by :class:`Conv2dFunction`.
+    Same arguments, defaults and results as :func:`torch.nn.functional.conv2d`,
+    including ``padding="same"``/``"valid"`` and unbatched ``(C, H, W)`` input.
+    Computed by :class:`Conv2dFunction`; under ``torch.autocast`` in the autocast dtype.
 
     Args:
-        x: input ``(N, C_in, H, W)``.
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
         weight: ``(C_out, C_in / groups, kh, kw)``.
-        bias: ``(C_out,)`` or ``None``.
-        stride: step between windows, an int or ``(rows, columns)``.
-        padding: zeros added on each side, an int or a pair.
-        dilation: spacing between kernel taps, an int or a pair.
+        bias: ``(C_out,)`` or ``None``. Default: ``None``.
+        stride: step between windows, an int or ``(rows, columns)``. Default: 1.
+        padding: zeros added on each side, an int or a pair, or ``"valid"`` (none)
+            or ``"same"`` (output as large as the input; stride 1 only; the extra
+            zero of an even kernel span goes at the bottom/right, as in PyTorch). Default: 0.
+        dilation: spacing between kernel taps, an int or a pair. Default: 1.
         groups: split the channels into this many independent convolutions
-            (``groups = C_in`` is a depthwise convolution).
+            (``groups = C_in`` is a depthwise convolution). Default: 1.
 
     Shape:
-        - Input: :math:`(N, C_{in}, H_{in}, W_{in})`.
-        - Output: :math:`(N, C_{out}, H_{out}, W_{out})` with
+        - Input: :math:`(N, C_{in}, H_{in}, W_{in})` or :math:`(C_{in}, H_{in}, W_{in})`.
+        - Output: :math:`(N, C_{out}, H_{out}, W_{out})` or :math:`(C_{out}, H_{out}, W_{out})` with
           :math:`H_{out} = \lfloor (H_{in} + 2p_h - d_h(k_h - 1) - 1)/s_h \rfloor + 1`,
           and the same for :math:`W_{out}`.
 
     Raises:
-        ValueError: input not 4-D, wrong channel count, kernel larger than the
-            padded input, bad ``groups``.
+        ValueError: input not 3-D or 4-D, wrong channel count, kernel larger than
+            the padded input, bad ``groups``, unknown padding string, ``"same"``
+            with a stride.
         TypeError: non-floating input, dtype mismatch with the weight.
 
     Examples:
@@ -260,20 +283,52 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | 
         >>> w = torch.randn(4, 3, 3, 3)
         >>> conv2d(x, w, padding=1).shape
         torch.Size([2, 4, 8, 8])
+        >>> conv2d(x, w, padding="same").shape
+        torch.Size([2, 4, 8, 8])
     """
     where = "conv2d"
     stride = _pair(stride, "stride", where, 1)
-    padding = _pair(padding, "padding", where, 0)
     dilation = _pair(dilation, "dilation", where, 1)
+    check_tensor(input, where)
+    if input.dim() not in (3, 4):
+        raise ValueError(f"{where}: expected input with 3 (unbatched) or 4 (batched) dimensions, "
+                         f"got {input.dim()} (shape {tuple(input.shape)})")
+    check_tensor(weight, where, "weight", ndim=4)
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input                          # (N, C, H, W)
+    if isinstance(padding, str):
+        before, after = _string_padding(padding, weight.shape[2:], stride, dilation, where)
+        if before != after:                    # "same" with an even span: the extra zero after
+            x = F.pad(x, (0, after[1] - before[1], 0, after[0] - before[0]))
+        padding = before
+    padding = _pair(padding, "padding", where, 0)
     _check_conv_input(where, x, weight, bias, padding, dilation, groups)
-    return Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, groups)
+    fn = _Conv2dCompiled if torch.compiler.is_compiling() else Conv2dFunction
+    out = autocast_apply(fn.apply, "lower", x, weight, bias, stride, padding, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def _string_padding(padding: str, kernel_size, stride: tuple[int, int], dilation: tuple[int, int],
+                    where: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``"valid"`` or ``"same"`` as (padding before, padding after) per spatial axis."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding != "same":
+        raise ValueError(f"{where}: expected padding to be an int, a pair, 'valid' or 'same', got {padding!r}")
+    if stride != (1, 1):
+        raise ValueError(f"{where}: padding='same' is not supported for strided convolutions (stride={stride})")
+    total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]            # zeros needed per axis
+    before = tuple(t // 2 for t in total)
+    return before, tuple(t - b for t, b in zip(total, before))  # type: ignore[return-value]
 
 
 def _check_conv_input(where: str, x: Tensor, weight: Tensor, bias: Tensor | None,
                       padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> None:
     check_tensor(x, where, ndim=4)
     check_tensor(weight, where, "weight", ndim=4)
-    check_same_dtype(where, x, weight)
+    autocast = torch.is_autocast_enabled(x.device.type)       # autocast casts both to one dtype
+    if not autocast:
+        check_same_dtype(where, x, weight)
     check_same_device(where, x, weight)
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{where}: expected groups to be a positive int, got {groups!r}")
@@ -287,7 +342,8 @@ def _check_conv_input(where: str, x: Tensor, weight: Tensor, bias: Tensor | None
         )
     if bias is not None:
         check_tensor(bias, where, "bias", ndim=1, size={0: out_ch})
-        check_same_dtype(where, bias, weight, "bias")
+        if not autocast:
+            check_same_dtype(where, bias, weight, "bias")
     for axis, size, k, p, d in (("height", x.shape[2], kh, padding[0], dilation[0]),
                                 ("width", x.shape[3], kw, padding[1], dilation[1])):
         if d * (k - 1) + 1 > size + 2 * p:
@@ -301,9 +357,9 @@ def _check_conv_input(where: str, x: Tensor, weight: Tensor, bias: Tensor | None
 class Conv2d(nn.Module):
     r"""2-D convolution layer with a hand-written backward; see :func:`conv2d`.
 
-    A drop-in replacement for :class:`torch.nn.Conv2d` (zero padding): same
-    parameter names, shapes and default initialization, so ``load_state_dict``
-    works in both directions. Subclasses may override ``forward`` and call
+    A drop-in replacement for :class:`torch.nn.Conv2d`: same arguments and
+    defaults, parameter names, shapes and default initialization, so
+    ``load_state_dict`` works in both directions. Subclasses may override ``forward`` and call
     :func:`conv2d` with a transformed weight (as a quantized convolution does).
 
     Args:
@@ -311,15 +367,21 @@ class Conv2d(nn.Module):
         out_channels: channels of the output.
         kernel_size: int or ``(kh, kw)``.
         stride: int or pair. Default: 1.
-        padding: zeros added on each side, int or pair. Default: 0.
+        padding: added on each side, int or pair, or ``"valid"``/``"same"``
+            (see :func:`conv2d`). Default: 0.
         dilation: spacing between kernel taps, int or pair. Default: 1.
         groups: channel groups; ``in_channels`` and ``out_channels`` must both be
             divisible by it. Default: 1.
         bias: if ``False``, no additive bias. Default: ``True``.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``
+            (the others pad with :func:`torch.nn.functional.pad` first, as PyTorch
+            does). Default: ``"zeros"``.
+        device, dtype: where and in which dtype to create the parameters.
 
     Shape:
-        - Input: :math:`(N, C_{in}, H_{in}, W_{in})`.
-        - Output: :math:`(N, C_{out}, H_{out}, W_{out})` (see :func:`conv_output_size`).
+        - Input: :math:`(N, C_{in}, H_{in}, W_{in})` or :math:`(C_{in}, H_{in}, W_{in})`.
+        - Output: :math:`(N, C_{out}, H_{out}, W_{out})` or :math:`(C_{out}, H_{out}, W_{out})`
+          (see :func:`conv_output_size`).
 
     Attributes:
         weight: learnable ``(out_channels, in_channels / groups, kh, kw)`` tensor,
@@ -335,8 +397,9 @@ class Conv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-                 groups: int = 1, bias: bool = True, device=None, dtype=None) -> None:
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
         super().__init__()
         where = type(self).__name__
         if not isinstance(groups, int) or groups < 1:
@@ -346,13 +409,22 @@ class Conv2d(nn.Module):
                 f"{where}: expected in_channels={in_channels} and out_channels={out_channels} "
                 f"to be divisible by groups={groups}"
             )
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{where}: expected padding_mode to be one of {_PADDING_MODES}, got {padding_mode!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size, "kernel_size", where, 1)
         self.stride = _pair(stride, "stride", where, 1)
-        self.padding = _pair(padding, "padding", where, 0)
         self.dilation = _pair(dilation, "dilation", where, 1)
+        if isinstance(padding, str):
+            before, after = _string_padding(padding, self.kernel_size, self.stride, self.dilation, where)
+            self._pad_before_after = before, after                 # for padding_mode != "zeros"
+        else:
+            padding = _pair(padding, "padding", where, 0)
+            self._pad_before_after = padding, padding
+        self.padding = padding
+        self.padding_mode = padding_mode
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         if bias:
@@ -369,8 +441,12 @@ class Conv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    def forward(self, input: Tensor) -> Tensor:
+        if self.padding_mode == "zeros":
+            return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        (top, left), (bottom, right) = self._pad_before_after
+        padded = F.pad(input, (left, right, top, bottom), mode=self.padding_mode)   # as torch.nn.Conv2d does
+        return conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -383,10 +459,12 @@ class Conv2d(nn.Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         return s
 
 
-# ------------------------------------------------------------------ cost and separable
+# ------------------------------------------------------------------------------ cost
 def conv2d_cost(in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], height: int, width: int,
                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
                 groups: int = 1, bias: bool = True) -> dict[str, int]:
@@ -411,65 +489,3 @@ def conv2d_cost(in_channels: int, out_channels: int, kernel_size: int | tuple[in
     outputs = out_channels * conv_output_size(height, kh, sh, ph, dh) * conv_output_size(width, kw, sw, pw, dw)
     return {"params": out_channels * per_output + (out_channels if bias else 0),
             "mult_adds": outputs * per_output}
-
-
-class DepthwiseSeparableConv2d(nn.Module):
-    r"""Depthwise ``k x k`` conv → BatchNorm2d → ReLU → pointwise ``1 x 1`` conv → BatchNorm2d → ReLU.
-
-    The MobileNet block: a standard convolution mixes space and channels at once
-    (:math:`C_{out} C_{in} k^2` weights); this one filters each channel on its
-    own (``groups = in_channels``, :math:`C_{in} k^2` weights) and then mixes
-    channels with a ``1 x 1`` convolution (:math:`C_{in} C_{out}` weights).
-    Built from :class:`Conv2d`, :class:`~layers.normalization.BatchNorm2d` and
-    :class:`~layers.activations.ReLU`; the convolutions have no bias (the batch
-    norms that follow them have one).
-
-    Args:
-        in_channels: channels of the input.
-        out_channels: channels of the output.
-        kernel_size: depthwise kernel size. Default: 3.
-        stride: stride of the depthwise conv. Default: 1.
-        padding: padding of the depthwise conv. Default: 1.
-
-    Shape:
-        - Input: :math:`(N, C_{in}, H, W)`.
-        - Output: :math:`(N, C_{out}, H_{out}, W_{out})`, sizes as for the depthwise conv.
-
-    Attributes:
-        depthwise: the :class:`Conv2d` with ``groups=in_channels``.
-        bn1: :class:`~layers.normalization.BatchNorm2d` after it.
-        pointwise: the ``1 x 1`` :class:`Conv2d`.
-        bn2: :class:`~layers.normalization.BatchNorm2d` after it.
-
-    Examples:
-        >>> block = DepthwiseSeparableConv2d(8, 16)
-        >>> block(torch.randn(2, 8, 6, 6)).shape
-        torch.Size([2, 16, 6, 6])
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 1) -> None:
-        super().__init__()
-        from .activations import ReLU
-        from .normalization import BatchNorm2d
-
-        self.depthwise = Conv2d(in_channels, in_channels, kernel_size, stride, padding,
-                                groups=in_channels, bias=False)
-        self.bn1 = BatchNorm2d(in_channels)
-        self.pointwise = Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn2 = BatchNorm2d(out_channels)
-        self.relu = ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.depthwise(x)))             # (N, C_in, H_out, W_out)
-        return self.relu(self.bn2(self.pointwise(x)))          # (N, C_out, H_out, W_out)
-
-    def cost(self, height: int, width: int) -> dict[str, int]:
-        """Parameters and multiply-adds of the two convolutions (see :func:`conv2d_cost`)."""
-        d, p = self.depthwise, self.pointwise
-        dw = conv2d_cost(d.in_channels, d.out_channels, d.kernel_size, height, width, d.stride,
-                         d.padding, d.dilation, d.groups, bias=False)
-        ho = conv_output_size(height, d.kernel_size[0], d.stride[0], d.padding[0], d.dilation[0])
-        wo = conv_output_size(width, d.kernel_size[1], d.stride[1], d.padding[1], d.dilation[1])
-        pw = conv2d_cost(p.in_channels, p.out_channels, 1, ho, wo, bias=False)
-        return {k: dw[k] + pw[k] for k in dw}

@@ -4,13 +4,13 @@ Taught in the chapter "Convolutions and normalization" (``book/convolutions.ipyn
 
 Both normalize with statistics :math:`\mu, \sigma^2` over some dimensions,
 :math:`\hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon}`, then scale and shift,
-:math:`y = \gamma \hat x + \beta`. :class:`BatchNorm2d` takes the statistics per
-channel over the batch and the spatial positions ``(N, H, W)``; :class:`LayerNorm`
-takes them per sample over the last dimensions.
+:math:`y = \gamma \hat x + \beta`. :func:`batch_norm` takes the statistics per
+channel over every dimension but the channel one (``(N, H, W)`` for images);
+:func:`layer_norm` takes them per sample over the last dimensions.
 
 The backward is the compact closed form (derived in the chapter). With
-:math:`M` values per statistic, :math:`g = \partial L/\partial y` and
-:math:`\tilde g = \gamma g`:
+:math:`M` values per statistic, :math:`g = \partial L/\partial y`,
+:math:`\tilde g = \gamma g` and sums over those :math:`M` values:
 
 .. math::
 
@@ -19,23 +19,29 @@ The backward is the compact closed form (derived in the chapter). With
     \frac{\partial L}{\partial \gamma} = \textstyle\sum g \hat x, \qquad
     \frac{\partial L}{\partial \beta} = \textstyle\sum g,
 
-so backward needs only ``x``, :math:`\gamma` and two small per-statistic
-tensors (mean and :math:`1/\sqrt{\sigma^2+\epsilon}`), not the intermediate
-tensors autograd would save for the formula written out op by op.
+so backward needs only ``x`` and :math:`\gamma`, not the intermediate tensors
+autograd would save for the formula written out op by op: it recomputes
+:math:`\mu, \sigma^2` and :math:`\hat x` from ``x``. Because it recomputes them
+with differentiable torch ops, the same backward is also differentiable
+(``gradgradcheck`` passes): autograd sees how the statistics depend on ``x``.
 
-Speed: on a CPU these layers are limited by memory traffic, and a fresh
-full-size tensor costs more than an in-place pass over one (the memory has to
-be obtained and touched). So the forward writes the output into one new tensor
-in place, and the usual backward (no ``create_graph``) regroups the formula as
-:math:`\partial x = k\,(\gamma g + a x + c)` with small per-statistic
-:math:`k, a, c`, computed from per-statistic sums (``sum`` or a matrix-vector
-product), into one new tensor. The same formula with plain differentiable ops
-(``_norm_backward``) is used when a graph of the backward is built.
+Low precision: for float16 and bfloat16 inputs the statistics and every sum
+are accumulated in float32 (``x`` is cast once, the result cast back), as
+PyTorch's kernels do; a variance summed in float16 overflows or loses the
+small differences it measures. The parameters may be float32 while the input
+is float16/bfloat16 (what ``torch.autocast`` produces after a convolution);
+the output has the input's dtype, as for :func:`torch.nn.functional.batch_norm`
+and :func:`torch.nn.functional.layer_norm` under CPU autocast.
 
-Double backward: the backward is written with differentiable torch ops; when
-autograd differentiates it (``create_graph=True``) it rebuilds the statistics
-from ``x`` so that their dependence on ``x`` is part of the graph, and
-``gradgradcheck`` passes.
+Transforms: every Function has ``generate_vmap_rule = True`` (``torch.func.vmap``)
+and a ``jvp`` (forward-mode AD, ``torch.func.jvp`` / ``jacfwd``). Dynamo cannot
+trace a Function that defines ``jvp``, so under ``torch.compile`` the functional
+forms apply a copy of each Function without it (same forward and backward).
+In training, the running statistics are updated inside ``BatchNormFunction``'s
+forward, on tensors that carry no gradient, as PyTorch's own batch-norm kernel
+does: the update is no part of the differentiated computation, and because the
+Function's forward runs below the ``torch.func`` transforms, ``jacrev``/``jacfwd``
+through a training-mode batch norm with running statistics work.
 """
 
 from __future__ import annotations
@@ -43,194 +49,271 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_same_device, check_same_dtype, check_tensor
+from ._validation import check_same_device, check_tensor
 
 __all__ = [
     "BatchNormFunction", "BatchNormEvalFunction", "LayerNormFunction",
     "batch_norm", "layer_norm", "BatchNorm2d", "LayerNorm",
 ]
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-def _norm_backward(grad_out: Tensor, xhat: Tensor, invstd: Tensor, weight: Tensor | None,
-                   dims: tuple[int, ...], need_x: bool) -> Tensor | None:
-    """The closed-form input gradient; ``invstd`` and ``weight`` broadcast against ``xhat``."""
-    if not need_x:
-        return None
-    g = grad_out if weight is None else grad_out * weight          # g~ = gamma * g
-    mean_g = g.mean(dims, keepdim=True)                            # sum(g~) / M
-    mean_gx = (g * xhat).mean(dims, keepdim=True)                  # sum(g~ xhat) / M
-    return invstd * (g - mean_g - xhat * mean_gx)                  # same shape as x
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16 (and float32), float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _without_jvp(fn_cls: type) -> type:
+    """The same Function without its ``jvp``, for torch.compile (Dynamo refuses a custom ``jvp``)."""
+    return type(fn_cls.__name__, (fn_cls,), {"jvp": staticmethod(torch.autograd.Function.jvp),
+                                              "__doc__": fn_cls.__doc__})
+
+
+def _apply(fn_cls: type, compiled_cls: type, *args):
+    return (compiled_cls if torch.compiler.is_compiling() else fn_cls).apply(*args)
+
+
+def _check_param(where: str, x: Tensor, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
+    """Shape, device and dtype of a parameter or buffer: its own dtype, or float32 for a
+    float16/bfloat16 input (mixed precision, as PyTorch accepts)."""
+    check_tensor(t, where, name)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{where}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    check_same_device(where, x, t)
+    if t.dtype != x.dtype and not (x.dtype in _LOW_PRECISION and t.dtype == torch.float32):
+        raise TypeError(f"{where}: expected input of dtype {t.dtype} (the {name}'s dtype), got {x.dtype}")
+
+
+def _statistics(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` in the accumulation dtype, its mean and its biased variance over ``dims`` (kept)."""
+    xf = x.to(_accumulation_dtype(x.dtype))                   # float32 for float16/bfloat16
+    mean = xf.mean(dims, keepdim=True)                         # mu
+    var = (xf - mean).square().mean(dims, keepdim=True)        # biased variance sigma^2
+    return xf, mean, var
 
 
 # -------------------------------------------------------------------------- BatchNorm
-def _channel(t: Tensor) -> Tensor:
-    """``(C,) -> (1, C, 1, 1)`` so it broadcasts over ``(N, C, H, W)``."""
-    return t.reshape(1, -1, 1, 1)
+def _channel_shape(x: Tensor) -> tuple[int, ...]:
+    """``(1, C, 1, ..., 1)``: a per-channel ``(C,)`` tensor reshaped to broadcast over ``x``."""
+    return (1, x.shape[1]) + (1,) * (x.dim() - 2)
+
+
+def _batch_dims(x: Tensor) -> tuple[int, ...]:
+    """Every dimension but the channel dimension 1: ``(0, 2, 3)`` for ``(N, C, H, W)``."""
+    return (0, *range(2, x.dim()))
 
 
 class BatchNormFunction(torch.autograd.Function):
-    r"""Training-mode batch norm over ``(N, H, W)`` per channel, with a manual backward.
+    r"""Training-mode batch norm: statistics per channel over every other dimension.
 
-    Returns ``(y, mean, var)``: the output, and the batch mean and biased
-    variance per channel (not differentiable; for the running estimates).
+    Forward, with :math:`M` values per channel (:math:`N H W` for images):
+    :math:`\mu = \frac{1}{M}\sum x`, :math:`\sigma^2 = \frac{1}{M}\sum (x - \mu)^2`,
+    :math:`\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}`, :math:`y = \gamma \hat x + \beta`.
+    If running statistics are given they are updated in place (see :func:`batch_norm`);
+    they are buffers, not inputs of the differentiated computation.
 
-    Backward, with :math:`M = N H W`, :math:`\tilde g = \gamma g` and sums over
-    ``(N, H, W)``:
+    Backward, with sums over the :math:`M` values of each channel
+    (:math:`\gamma` is constant over them, so :math:`\sum \tilde g = \gamma \sum g`):
 
     .. math::
 
-        \partial x = \frac{1}{\sqrt{\sigma^2+\epsilon}} \Big( \tilde g
-            - \tfrac{1}{M}\textstyle\sum \tilde g
-            - \hat x \, \tfrac{1}{M} \sum \tilde g \hat x \Big), \quad
+        \partial x = \frac{\gamma}{M \sqrt{\sigma^2+\epsilon}} \Big( M g
+            - \textstyle\sum g - \hat x \sum g \hat x \Big), \quad
         \partial\gamma = \textstyle\sum g \hat x, \quad
         \partial\beta = \textstyle\sum g.
 
-    Saves ``x``, ``weight`` and the per-channel ``mean`` and
-    :math:`1/\sqrt{\sigma^2+\epsilon}`.
+    Saves ``x`` and ``weight``; backward recomputes :math:`\mu, \sigma^2, \hat x`
+    (one pass over ``x``) in differentiable ops, so it is twice differentiable.
+    :math:`\sum g` is both :math:`\partial\beta` and a term of :math:`\partial x`.
+
+    Arguments of ``forward``: ``input, weight, bias, running_mean, running_var, momentum, eps``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        count = x.shape[0] * x.shape[2] * x.shape[3]                     # M = N H W
-        mean = x.mean((0, 2, 3))                                         # (C,)
-        y = x - _channel(mean)                                           # new tensor, (N, C, H, W)
-        # Biased variance sum((x - mean)^2) / M without another full-size temporary:
-        # a norm per (n, c) map, then a sum over n (torch.var is slow on CPU).
-        maps = y.reshape(x.shape[0], x.shape[1], -1)                     # (N, C, H*W), a view
-        var = torch.linalg.vector_norm(maps, dim=2).square_().sum(0).div_(count)   # (C,)
-        scale = (var + eps).rsqrt()                                      # 1/sqrt(var + eps), (C,)
-        if weight is not None:
-            scale = scale * weight                                       # gamma / sqrt(var + eps)
-        if bias is not None:
-            torch.addcmul(_channel(bias), y, _channel(scale), out=y)     # y = beta + y scale, one pass
-        else:
-            y.mul_(_channel(scale))                                      # in place: y is ours
-        return y, mean, var
+    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                running_var: Tensor | None, momentum: float | Tensor, eps: float) -> Tensor:
+        dims, shape = _batch_dims(input), _channel_shape(input)
+        count = input.numel() // input.shape[1]                          # M
+        xf, mean, var = _statistics(input, dims)                         # (N, C, ...), (1, C, 1, ...) twice
+        xhat = (xf - mean) * (var + eps).rsqrt()                         # (N, C, ...)
+        y = xhat if weight is None else xhat * weight.reshape(shape)     # gamma xhat
+        y = y if bias is None else y + bias.reshape(shape)               # + beta
+        if running_mean is not None and running_var is not None:         # buffers, updated as torch's kernel does
+            unbiased = var.reshape(-1) * (count / (count - 1))           # Bessel's correction, (C,)
+            running_mean.mul_(1 - momentum).add_(momentum * mean.reshape(-1).to(running_mean.dtype))
+            running_var.mul_(1 - momentum).add_(momentum * unbiased.to(running_var.dtype))
+        return y.to(input.dtype)                                         # (N, C, ...)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, eps = inputs
-        _, mean, var = output
-        ctx.mark_non_differentiable(mean, var)
-        ctx.save_for_backward(x, weight, mean, (var + eps).rsqrt())      # x and three (C,) vectors
-        ctx.has_bias, ctx.eps = bias is not None, eps
+        x, weight, bias, _, _, _, eps = inputs
+        ctx.save_for_backward(x, weight)                                 # statistics are recomputed
+        ctx.save_for_forward(x, weight)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor, _grad_mean, _grad_var):
-        x, weight, mean, invstd = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
-        need_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if torch.is_grad_enabled():                # double backward: the plain, differentiable formula
-            return BatchNormFunction._backward_differentiable(ctx, grad_out, x, weight, need_x, need_w, need_b)
-        dims, count = (0, 2, 3), x.shape[0] * x.shape[2] * x.shape[3]
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dims, shape = _batch_dims(x), _channel_shape(x)
+        count = x.numel() // x.shape[1]                                  # M
+        g = grad_out.to(_accumulation_dtype(x.dtype))                    # (N, C, ...)
         dx = dw = db = None
-        sum_g = grad_out.sum(dims) if (need_b or need_x) else None       # sum g, (C,): db, and used by dx
-        if need_b:
-            db = sum_g
+        if need_x or need_b:
+            sum_g = g.sum(dims, keepdim=True)                            # sum g, (1, C, 1, ...)
         if need_x or need_w:
-            buf = torch.sub(x, _channel(mean)).mul_(grad_out)            # g (x - mean), (N, C, H, W)
-            sum_gxc = buf.sum(dims)                                      # sum g (x - mean), (C,)
-            if need_w:
-                dw = sum_gxc * invstd                                     # sum g xhat, (C,)
-            if need_x:
-                # dx = k (g - sum g / M - xhat sum g xhat / M) with k = gamma invstd
-                #    = k (g + a x + c),  a = -invstd^2 sum g (x - mean) / M,  c = -sum g / M - a mean.
-                k = invstd if weight is None else invstd * weight        # (C,)
-                a = invstd * invstd * sum_gxc / -count                   # (C,)
-                c = sum_g / -count - a * mean                            # (C,)
-                dx = torch.addcmul(_channel(c * k), x, _channel(a * k), out=buf)   # reuses buf
-                dx.addcmul_(grad_out, _channel(k))                        # (N, C, H, W)
-        return dx, dw, db, None
+            xf, mean, var = _statistics(x, dims)                         # (1, C, 1, ...)
+            invstd = (var + ctx.eps).rsqrt()                             # (1, C, 1, ...)
+            xhat = (xf - mean) * invstd                                  # (N, C, ...)
+            sum_gxhat = (g * xhat).sum(dims, keepdim=True)               # sum g xhat, (1, C, 1, ...)
+        if need_x:
+            k = invstd / count if weight is None else weight.reshape(shape) * invstd / count   # gamma / (M sigma)
+            dx = (k * (count * g - sum_g - xhat * sum_gxhat)).to(x.dtype)                    # (N, C, ...)
+        if need_w:
+            dw = sum_gxhat.reshape(-1).to(weight.dtype)                  # (C,)
+        if need_b:
+            db = sum_g.reshape(-1).to(ctx.bias_dtype)                    # (C,)
+        return dx, dw, db, None, None, None, None
 
     @staticmethod
-    def _backward_differentiable(ctx, grad_out, x, weight, need_x, need_w, need_b):
-        """The closed form with plain ops, statistics rebuilt from ``x``, so autograd can differentiate it."""
-        dims = (0, 2, 3)
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)          # (C,), (C,) as functions of x
+    def jvp(ctx, dx_t, dw_t, db_t, *_):
+        r""":math:`\dot y = \gamma \dot{\hat x} + \dot\gamma \hat x + \dot\beta` with
+        :math:`\dot{\hat x} = \frac{1}{\sqrt{\sigma^2+\epsilon}}(\dot x - \overline{\dot x} - \hat x\, \overline{\dot x \hat x})`
+        (bars: means over each channel's :math:`M` values)."""
+        x, weight = ctx.saved_tensors
+        dims, shape = _batch_dims(x), _channel_shape(x)
+        xf, mean, var = _statistics(x, dims)
         invstd = (var + ctx.eps).rsqrt()
-        dx = dw = db = None
-        if need_x or need_w:
-            xhat = (x - _channel(mean)) * _channel(invstd)                # (N, C, H, W)
-            w = None if weight is None else _channel(weight)
-            dx = _norm_backward(grad_out, xhat, _channel(invstd), w, dims, need_x)
-            if need_w:
-                dw = (grad_out * xhat).sum(dims)                          # (C,)
-        if need_b:
-            db = grad_out.sum(dims)                                       # (C,)
-        return dx, dw, db, None
+        xhat = (xf - mean) * invstd                                      # (N, C, ...)
+        dy = torch.zeros_like(xhat)
+        if dx_t is not None:
+            t = dx_t.to(xhat.dtype)
+            dxhat = invstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
+            dy = dy + (dxhat if weight is None else dxhat * weight.reshape(shape))
+        if dw_t is not None:
+            dy = dy + xhat * dw_t.reshape(shape)
+        if db_t is not None:
+            dy = dy + db_t.reshape(shape)
+        return dy.to(x.dtype)
 
 
 class BatchNormEvalFunction(torch.autograd.Function):
     r"""Eval-mode batch norm: a fixed per-channel affine map with the running statistics.
 
-    :math:`y = \gamma (x - \mu_{run}) / \sqrt{\sigma^2_{run} + \epsilon} + \beta`.
+    :math:`\hat x = (x - \mu_{run}) / \sqrt{\sigma^2_{run} + \epsilon}`, :math:`y = \gamma \hat x + \beta`.
     Backward: :math:`\partial x = \gamma g / \sqrt{\sigma^2_{run}+\epsilon}`,
     :math:`\partial\gamma = \sum g \hat x`, :math:`\partial\beta = \sum g`; the
     running statistics are constants (buffers) and get no gradient.
+
+    Arguments of ``forward``: ``input, weight, bias, running_mean, running_var, eps``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor:
-        y = (x - _channel(running_mean)) * _channel((running_var + eps).rsqrt())
-        if weight is not None:
-            y = y * _channel(weight)
-        if bias is not None:
-            y = y + _channel(bias)
-        return y
+        xhat = BatchNormEvalFunction._xhat(input, running_mean, running_var, eps)   # (N, C, ...)
+        shape = _channel_shape(input)
+        y = xhat if weight is None else xhat * weight.reshape(shape)     # gamma xhat
+        y = y if bias is None else y + bias.reshape(shape)               # + beta
+        return y.to(input.dtype)
+
+    @staticmethod
+    def _xhat(x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor:
+        shape, acc = _channel_shape(x), _accumulation_dtype(x.dtype)
+        invstd = (running_var.to(acc) + eps).rsqrt().reshape(shape)      # (1, C, 1, ...)
+        return (x.to(acc) - running_mean.to(acc).reshape(shape)) * invstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, running_mean, running_var, eps = inputs
-        ctx.save_for_backward(x, weight, running_mean, (running_var + eps).rsqrt())
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, running_mean, running_var)
+        ctx.save_for_forward(x, weight, running_mean, running_var)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, weight, mean, invstd = ctx.saved_tensors
-        dims = (0, 2, 3)
+        x, weight, running_mean, running_var = ctx.saved_tensors
+        dims, shape, acc = _batch_dims(x), _channel_shape(x), _accumulation_dtype(x.dtype)
+        g = grad_out.to(acc)                                             # (N, C, ...)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else invstd * weight
-            dx = grad_out * _channel(scale)                              # (N, C, H, W)
-        if weight is not None and ctx.needs_input_grad[1]:
-            dw = (grad_out * ((x - _channel(mean)) * _channel(invstd))).sum(dims)   # (C,)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad_out.sum(dims)                                       # (C,)
+            invstd = (running_var.to(acc) + ctx.eps).rsqrt().reshape(shape)             # (1, C, 1, ...)
+            k = invstd if weight is None else invstd * weight.reshape(shape)            # gamma / sigma_run
+            dx = (g * k).to(x.dtype)                                                     # (N, C, ...)
+        if ctx.needs_input_grad[1]:
+            xhat = BatchNormEvalFunction._xhat(x, running_mean, running_var, ctx.eps)   # (N, C, ...)
+            dw = (g * xhat).sum(dims).to(weight.dtype)                                  # (C,)
+        if ctx.needs_input_grad[2]:
+            db = g.sum(dims).to(ctx.bias_dtype)                                          # (C,)
         return dx, dw, db, None, None, None
 
+    @staticmethod
+    def jvp(ctx, dx_t, dw_t, db_t, *_):
+        r""":math:`\dot y = \gamma \dot x / \sqrt{\sigma^2_{run}+\epsilon} + \dot\gamma \hat x + \dot\beta`."""
+        x, weight, running_mean, running_var = ctx.saved_tensors
+        shape = _channel_shape(x)
+        xhat = BatchNormEvalFunction._xhat(x, running_mean, running_var, ctx.eps)
+        dy = torch.zeros_like(xhat)
+        if dx_t is not None:
+            invstd = (running_var.to(xhat.dtype) + ctx.eps).rsqrt().reshape(shape)
+            k = invstd if weight is None else invstd * weight.reshape(shape)
+            dy = dy + dx_t.to(xhat.dtype) * k
+        if dw_t is not None:
+            dy = dy + xhat * dw_t.reshape(shape)
+        if db_t is not None:
+            dy = dy + db_t.reshape(shape)
+        return dy.to(x.dtype)
 
-def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+
+_BatchNormCompiled = _without_jvp(BatchNormFunction)
+_BatchNormEvalCompiled = _without_jvp(BatchNormEvalFunction)
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    r"""Batch normalization of ``(N, C, H, W)`` over ``(N, H, W)``, as :func:`torch.nn.functional.batch_norm`.
+    r"""Batch normalization of ``(N, C, *)`` per channel, as :func:`torch.nn.functional.batch_norm`.
 
     .. math:: y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
 
     In training (or when there are no running statistics) :math:`\mu,\sigma^2`
-    are the batch mean and biased variance per channel, and the running
-    statistics, if given, are updated in place:
+    are the batch mean and biased variance per channel over every dimension but
+    dimension 1, and the running statistics, if given, are updated in place:
     :math:`\hat\mu \leftarrow (1 - m)\hat\mu + m\mu` and
     :math:`\hat\sigma^2 \leftarrow (1 - m)\hat\sigma^2 + m \frac{M}{M - 1}\sigma^2`
-    (the *unbiased* variance, :math:`M = NHW`). Otherwise the running statistics
-    are used. Computed by :class:`BatchNormFunction` or :class:`BatchNormEvalFunction`.
+    (the *unbiased* variance, :math:`M` values per channel). Otherwise the running
+    statistics are used. Computed by :class:`BatchNormFunction` or
+    :class:`BatchNormEvalFunction`; float16/bfloat16 inputs are reduced in float32.
 
     Args:
-        x: ``(N, C, H, W)``.
+        input: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ...
         running_mean: ``(C,)`` buffer or ``None``.
         running_var: ``(C,)`` buffer or ``None``.
         weight: :math:`\gamma`, ``(C,)`` or ``None``.
         bias: :math:`\beta`, ``(C,)`` or ``None``.
-        training: use batch statistics and update the running ones.
-        momentum: :math:`m`, weight of the new batch in the running statistics.
-        eps: added to the variance for stability.
+        training: use batch statistics and update the running ones. Default: ``False``.
+        momentum: :math:`m`, weight of the new batch in the running statistics
+            (a float or a 0-dim tensor). Default: 0.1.
+        eps: added to the variance for stability. Default: ``1e-5``.
 
     Shape:
-        - Input: :math:`(N, C, H, W)`; output the same.
+        - Input: :math:`(N, C, *)`; output the same.
 
     Raises:
-        ValueError: input not 4-D, wrong number of channels, or only one value
-            per channel in training (as :class:`torch.nn.BatchNorm2d`).
+        ValueError: fewer than 2 dimensions, parameters not of shape ``(C,)``, or
+            only one value per channel in training (as PyTorch).
+        TypeError: non-floating input, or a dtype mismatch with the parameters.
 
     Examples:
         >>> x = torch.randn(8, 3, 4, 4)
@@ -238,37 +321,33 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         >>> round(abs(y.mean().item()), 4), round(y.var(unbiased=False).item(), 3)
         (0.0, 1.0)
     """
-    return _batch_norm("batch_norm", x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _batch_norm("batch_norm", input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-def _batch_norm(where, x, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
-    check_tensor(x, where, ndim=4)
-    channels = x.shape[1]
+def _batch_norm(where, input, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
+    check_tensor(input, where, min_ndim=2)
+    channels = input.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if t is not None:
-            check_tensor(t, where, name, ndim=1, size={0: channels})
-            check_same_dtype(where, x, t, name="input")
-            check_same_device(where, x, t)
+            _check_param(where, input, t, name, (channels,))
     use_batch_stats = training or running_mean is None or running_var is None
     if not use_batch_stats:
-        return BatchNormEvalFunction.apply(x, weight, bias, running_mean, running_var, eps)
-    per_channel = x.shape[0] * x.shape[2] * x.shape[3]
+        return _apply(BatchNormEvalFunction, _BatchNormEvalCompiled,
+                      input, weight, bias, running_mean, running_var, eps)
+    per_channel = input.numel() // channels if channels else 0
     if per_channel == 1:
         raise ValueError(
             f"{where}: expected more than 1 value per channel when training, got input of shape "
-            f"{tuple(x.shape)} (a batch of one 1x1 map); use eval mode or a larger batch"
+            f"{tuple(input.shape)}; use eval mode or a larger batch"
         )
-    if per_channel == 0:                         # empty batch: nothing to normalize, stats untouched
-        y = x * 1.0 if weight is None else x * _channel(weight)
-        return y if bias is None else y + _channel(bias)
-    y, mean, var = BatchNormFunction.apply(x, weight, bias, eps)
-    if training and running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            unbiased = var * (per_channel / (per_channel - 1))             # Bessel's correction
-            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-    return y
+    if input.numel() == 0:                      # empty batch: nothing to normalize, stats untouched
+        shape = _channel_shape(input)
+        y = input * 1.0 if weight is None else input * weight.reshape(shape)
+        return y if bias is None else y + bias.reshape(shape)
+    update = training and running_mean is not None and running_var is not None
+    return _apply(BatchNormFunction, _BatchNormCompiled, input, weight, bias,
+                  running_mean if update else None, running_var if update else None, momentum, eps)
 
 
 class BatchNorm2d(nn.Module):
@@ -288,6 +367,7 @@ class BatchNorm2d(nn.Module):
         affine: learn :math:`\gamma` (``weight``) and :math:`\beta` (``bias``). Default: ``True``.
         track_running_stats: keep running statistics and use them in eval mode;
             if ``False`` batch statistics are used in both modes. Default: ``True``.
+        device, dtype: where and in which dtype to create the parameters and buffers.
 
     Shape:
         - Input: :math:`(N, C, H, W)`; output the same.
@@ -348,15 +428,15 @@ class BatchNorm2d(nn.Module):
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "BatchNorm2d", ndim=4, size={1: self.num_features})
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "BatchNorm2d", ndim=4, size={1: self.num_features})
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:                                  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+                factor = 1.0 / self.num_batches_tracked                # 0-dim tensor, no host sync
         running = not self.training or self.track_running_stats
-        return _batch_norm("BatchNorm2d", x, self.running_mean if running else None,
+        return _batch_norm("BatchNorm2d", input, self.running_mean if running else None,
                            self.running_var if running else None, self.weight, self.bias,
                            self.training or not self.track_running_stats, factor, self.eps)
 
@@ -366,139 +446,146 @@ class BatchNorm2d(nn.Module):
 
 
 # -------------------------------------------------------------------------- LayerNorm
-class LayerNormFunction(torch.autograd.Function):
-    r"""Layer norm over the last ``D`` dimensions, with a manual backward.
+def _sum_leading(t: Tensor, n: int) -> Tensor:
+    """Sum over the first ``n`` dimensions (none if ``n == 0``)."""
+    return t.sum(tuple(range(n))) if n else t
 
-    Returns ``(y, mean, invstd)``; the statistics have shape ``(*, 1, ..., 1)``
-    and are not differentiable. Backward is the closed form of the module
-    docstring with sums over the normalized dimensions and :math:`M` their size;
-    :math:`\partial\gamma, \partial\beta` sum over the leading dimensions.
+
+class LayerNormFunction(torch.autograd.Function):
+    r"""Layer norm over the last ``ndim`` dimensions, with a manual backward.
+
+    Forward, per sample with :math:`M` values in the normalized dimensions:
+    :math:`\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}`, :math:`y = \gamma \hat x + \beta`.
+
+    Backward, with :math:`\tilde g = \gamma g` and sums over the normalized
+    dimensions (:math:`\gamma` varies over them, so it stays inside the sums);
+    :math:`\partial\gamma, \partial\beta` sum over the leading dimensions:
+
+    .. math::
+
+        \partial x = \frac{1}{M \sqrt{\sigma^2+\epsilon}} \Big( M \tilde g
+            - \textstyle\sum \tilde g - \hat x \sum \tilde g \hat x \Big), \quad
+        \partial\gamma = \textstyle\sum g \hat x, \quad
+        \partial\beta = \textstyle\sum g.
+
+    Saves ``x`` and ``weight``; backward recomputes the statistics in
+    differentiable ops, so it is twice differentiable.
+
+    Arguments of ``forward``: ``input, weight, bias, ndim, eps``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, ndim: int, eps: float):
-        dims = tuple(range(x.dim() - ndim, x.dim()))                       # normalized dims
-        count = x.shape[x.dim() - ndim:].numel()                           # M
-        mean = x.mean(dims, keepdim=True)                                  # (*, 1, ..., 1)
-        y = x - mean                                                       # new tensor, same shape as x
-        # Biased variance sum((x - mean)^2) / M as a squared norm: one reduction,
-        # no full-size temporary (torch.var is slow on CPU).
-        var = torch.linalg.vector_norm(y, dim=dims, keepdim=True).square_().div_(count)
-        invstd = (var + eps).rsqrt_()                                      # (*, 1, ..., 1)
-        y.mul_(invstd)                                                     # xhat, in place: y is ours
-        if weight is not None and bias is not None:
-            torch.addcmul(bias, y, weight, out=y)                          # y = beta + xhat gamma, one pass
-        elif weight is not None:
-            y.mul_(weight)                                                 # broadcasts on the last dims
-        elif bias is not None:
-            y.add_(bias)
-        return y, mean, invstd
+    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None, ndim: int, eps: float) -> Tensor:
+        dims = tuple(range(input.dim() - ndim, input.dim()))             # normalized dims
+        xf, mean, var = _statistics(input, dims)                         # (*, S), (*, 1, ..., 1) twice
+        xhat = (xf - mean) * (var + eps).rsqrt()                         # (*, S)
+        y = xhat if weight is None else xhat * weight                    # gamma xhat, broadcasts over *
+        y = y if bias is None else y + bias                              # + beta
+        return y.to(input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, ndim, eps = inputs
-        _, mean, invstd = output
-        ctx.mark_non_differentiable(mean, invstd)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.has_bias, ctx.ndim, ctx.eps = bias is not None, ndim, eps
+        ctx.save_for_backward(x, weight)                                 # statistics are recomputed
+        ctx.save_for_forward(x, weight)
+        ctx.ndim, ctx.eps = ndim, eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor, _grad_mean, _grad_invstd):
-        x, weight, mean, invstd = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
-        need_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if torch.is_grad_enabled():                # double backward: the plain, differentiable formula
-            return LayerNormFunction._backward_differentiable(ctx, grad_out, x, weight, need_x, need_w, need_b)
-        # Work on 2-D views: R rows (the leading dims) of M values (the normalized dims).
-        count = x.shape[x.dim() - ctx.ndim:].numel()                        # M
-        x2 = x.reshape(-1, count)                                          # (R, M)
-        g2 = grad_out.reshape(-1, count)                                   # (R, M)
-        mean2, invstd2 = mean.reshape(-1, 1), invstd.reshape(-1, 1)        # (R, 1)
-        w = None if weight is None else weight.reshape(count)              # (M,)
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        lead = x.dim() - ctx.ndim                                        # leading (batch) dims
+        dims = tuple(range(lead, x.dim()))                               # normalized dims
+        count = x.shape[lead:].numel()                                   # M
+        g = grad_out.to(_accumulation_dtype(x.dtype))                    # (*, S)
         dx = dw = db = None
-        if need_b:
-            db = g2.sum(0).reshape(x.shape[x.dim() - ctx.ndim:])            # sum over rows, normalized_shape
         if need_x or need_w:
-            buf = torch.sub(x2, mean2).mul_(g2)                            # g (x - mean), (R, M)
-            if need_w:
-                dw = (invstd2.reshape(1, -1) @ buf).reshape(weight.shape)  # sum_r g xhat: (1, R) @ (R, M)
-            if need_x:
-                # Per row, with g~ = gamma g: sum g~ and sum g~ (x - mean), as matrix-vector products.
-                sum_g = (g2 @ w if w is not None else g2.sum(1)).unsqueeze(1)            # (R, 1)
-                sum_gx = (buf @ w if w is not None else buf.sum(1)).unsqueeze(1)         # (R, 1)
-                # dx = invstd (g~ - sum g~ / M - xhat sum g~ xhat / M) = invstd (g~ + a x + c)
-                # with a = -invstd^2 sum g~ (x - mean) / M and c = -sum g~ / M - a mean.
-                a = invstd2 * invstd2 * sum_gx / -count                    # (R, 1)
-                c = sum_g / -count - a * mean2                             # (R, 1)
-                dx = torch.mul(x2, a, out=buf)                             # a x, reuses buf
-                if w is not None:
-                    dx.addcmul_(g2, w)                                     # + gamma g
-                else:
-                    dx.add_(g2)
-                dx.mul_(invstd2).add_(c * invstd2)                         # (g~ + a x + c) invstd
-                dx = dx.reshape(x.shape)                                   # same shape as x
+            xf, mean, var = _statistics(x, dims)                         # (*, 1, ..., 1)
+            invstd = (var + ctx.eps).rsqrt()                             # (*, 1, ..., 1)
+            xhat = (xf - mean) * invstd                                  # (*, S)
+        if need_x:
+            gt = g if weight is None else g * weight                     # g~ = gamma g, (*, S)
+            sum_gt = gt.sum(dims, keepdim=True)                          # sum g~, (*, 1, ..., 1)
+            sum_gtxhat = (gt * xhat).sum(dims, keepdim=True)             # sum g~ xhat, (*, 1, ..., 1)
+            dx = (invstd / count * (count * gt - sum_gt - xhat * sum_gtxhat)).to(x.dtype)   # (*, S)
+        if need_w:
+            dw = _sum_leading(g * xhat, lead).to(weight.dtype)           # S
+        if need_b:
+            db = _sum_leading(g, lead).to(ctx.bias_dtype)                # S
         return dx, dw, db, None, None
 
     @staticmethod
-    def _backward_differentiable(ctx, grad_out, x, weight, need_x, need_w, need_b):
-        """The closed form with plain ops, statistics rebuilt from ``x``, so autograd can differentiate it."""
-        dims = tuple(range(x.dim() - ctx.ndim, x.dim()))                   # normalized dims
-        lead = tuple(range(x.dim() - ctx.ndim))                            # summed for gamma, beta
-        mean = x.mean(dims, keepdim=True)                                  # as functions of x
-        invstd = ((x - mean).pow(2).mean(dims, keepdim=True) + ctx.eps).rsqrt()
-        dx = dw = db = None
-        if need_x or need_w:
-            xhat = (x - mean) * invstd                                     # same shape as x
-            dx = _norm_backward(grad_out, xhat, invstd, weight, dims, need_x)
-            if need_w:
-                dw = (grad_out * xhat).sum(lead) if lead else grad_out * xhat   # normalized_shape
-        if need_b:
-            db = grad_out.sum(lead) if lead else grad_out.clone()          # normalized_shape
-        return dx, dw, db, None, None
+    def jvp(ctx, dx_t, dw_t, db_t, *_):
+        r""":math:`\dot y = \gamma \dot{\hat x} + \dot\gamma \hat x + \dot\beta` with
+        :math:`\dot{\hat x} = \frac{1}{\sqrt{\sigma^2+\epsilon}}(\dot x - \overline{\dot x} - \hat x\, \overline{\dot x \hat x})`
+        (bars: means over the normalized dimensions)."""
+        x, weight = ctx.saved_tensors
+        dims = tuple(range(x.dim() - ctx.ndim, x.dim()))
+        xf, mean, var = _statistics(x, dims)
+        invstd = (var + ctx.eps).rsqrt()
+        xhat = (xf - mean) * invstd
+        dy = torch.zeros_like(xhat)
+        if dx_t is not None:
+            t = dx_t.to(xhat.dtype)
+            dxhat = invstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
+            dy = dy + (dxhat if weight is None else dxhat * weight)
+        if dw_t is not None:
+            dy = dy + xhat * dw_t
+        if db_t is not None:
+            dy = dy + db_t
+        return dy.to(x.dtype)
 
 
-def layer_norm(x: Tensor, normalized_shape: int | tuple[int, ...], weight: Tensor | None = None,
+_LayerNormCompiled = _without_jvp(LayerNormFunction)
+
+
+def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     r"""Layer normalization over the last dimensions, as :func:`torch.nn.functional.layer_norm`.
 
     .. math:: y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
 
     with :math:`\mu, \sigma^2` the mean and biased variance of each sample over
-    the last ``len(normalized_shape)`` dimensions. Computed by :class:`LayerNormFunction`.
+    the last ``len(normalized_shape)`` dimensions. Computed by :class:`LayerNormFunction`;
+    float16/bfloat16 inputs are reduced in float32.
 
     Args:
-        x: ``(*, *normalized_shape)``.
-        normalized_shape: the trailing shape to normalize over.
+        input: ``(*, *normalized_shape)``.
+        normalized_shape: the trailing shape to normalize over (int, tuple, list or ``torch.Size``).
         weight: :math:`\gamma` of shape ``normalized_shape``, or ``None``.
         bias: :math:`\beta` of shape ``normalized_shape``, or ``None``.
-        eps: added to the variance.
+        eps: added to the variance. Default: ``1e-5``.
 
     Shape:
         - Input: :math:`(*, \text{normalized\_shape})`; output the same.
+
+    Raises:
+        ValueError: the input's last dimensions are not ``normalized_shape``, or
+            a parameter has another shape.
+        TypeError: non-floating input, or a dtype mismatch with the parameters.
 
     Examples:
         >>> y = layer_norm(torch.randn(2, 5), 5)
         >>> y.mean(-1).abs().max() < 1e-6
         tensor(True)
     """
-    return _layer_norm("layer_norm", x, normalized_shape, weight, bias, eps)
+    return _layer_norm("layer_norm", input, normalized_shape, weight, bias, eps)
 
 
-def _layer_norm(where, x, normalized_shape, weight, bias, eps) -> Tensor:
+def _layer_norm(where, input, normalized_shape, weight, bias, eps) -> Tensor:
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    check_tensor(x, where, min_ndim=len(shape))
-    if tuple(x.shape[x.dim() - len(shape):]) != shape:
+    check_tensor(input, where, min_ndim=len(shape))
+    if tuple(input.shape[input.dim() - len(shape):]) != shape:
         raise ValueError(
-            f"{where}: expected input whose last dimensions are {shape}, got shape {tuple(x.shape)}"
+            f"{where}: expected input whose last dimensions are {shape}, got shape {tuple(input.shape)}"
         )
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            if tuple(t.shape) != shape:
-                raise ValueError(f"{where}: expected {name} of shape {shape}, got {tuple(t.shape)}")
-            check_same_dtype(where, x, t)
-            check_same_device(where, x, t)
-    y, _, _ = LayerNormFunction.apply(x, weight, bias, len(shape), eps)
-    return y
+            _check_param(where, input, t, name, shape)
+    return _apply(LayerNormFunction, _LayerNormCompiled, input, weight, bias, len(shape), eps)
 
 
 class LayerNorm(nn.Module):
@@ -510,14 +597,18 @@ class LayerNorm(nn.Module):
     Args:
         normalized_shape: int or tuple, the trailing shape to normalize over.
         eps: added to the variance. Default: ``1e-5``.
-        elementwise_affine: learn :math:`\gamma` and :math:`\beta`. Default: ``True``.
+        elementwise_affine: learn :math:`\gamma` (and :math:`\beta`, see ``bias``). Default: ``True``.
+        bias: learn :math:`\beta` too (with ``elementwise_affine``). Default: ``True``.
+        device, dtype: where and in which dtype to create the parameters.
 
     Shape:
         - Input: :math:`(*, \text{normalized\_shape})`; output the same.
 
     Attributes:
-        weight: :math:`\gamma`, shape ``normalized_shape``, initialized to ones.
-        bias: :math:`\beta`, shape ``normalized_shape``, initialized to zeros.
+        weight: :math:`\gamma`, shape ``normalized_shape``, initialized to ones (``None``
+            without ``elementwise_affine``).
+        bias: :math:`\beta`, shape ``normalized_shape``, initialized to zeros (``None``
+            without ``elementwise_affine`` or with ``bias=False``).
 
     Examples:
         >>> ln = LayerNorm(8)
@@ -526,7 +617,7 @@ class LayerNorm(nn.Module):
     """
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
-                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
+                 elementwise_affine: bool = True, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.normalized_shape = shape
@@ -535,20 +626,23 @@ class LayerNorm(nn.Module):
         factory = {"device": device, "dtype": dtype}
         if elementwise_affine:
             self.weight = nn.Parameter(torch.empty(shape, **factory))
-            self.bias = nn.Parameter(torch.empty(shape, **factory))
         else:
             self.register_parameter("weight", None)
+        if elementwise_affine and bias:
+            self.bias = nn.Parameter(torch.empty(shape, **factory))
+        else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """:math:`\\gamma` to ones and :math:`\\beta` to zeros, as PyTorch does."""
-        if self.elementwise_affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _layer_norm("LayerNorm", x, self.normalized_shape, self.weight, self.bias, self.eps)
+    def forward(self, input: Tensor) -> Tensor:
+        return _layer_norm("LayerNorm", input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

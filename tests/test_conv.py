@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import batch_norm_biases, sgd_step_lowers_loss
-from layers.conv import (Conv2d, Conv2dFunction, DepthwiseSeparableConv2d, conv2d, conv2d_cost,
+from helpers import sgd_step_lowers_loss
+from layers.conv import (Conv2d, Conv2dFunction, conv2d, conv2d_cost,
                          conv_output_size, im2col)
 from layers.testing import check_layer
 
@@ -98,7 +98,7 @@ def test_needs_input_grad_passed_through():
 
 
 @pytest.mark.parametrize("make_input, error, match", [
-    (lambda: torch.randn(3, 8, 8), ValueError, "expected input with 4 dimensions, got 3"),
+    (lambda: torch.randn(8, 8), ValueError, "expected input with 3 .unbatched. or 4 .batched. dimensions, got 2"),
     (lambda: torch.randn(1, 2, 8, 8), ValueError, "expected input with 3 channels in dimension 1 .*got 2"),
     (lambda: torch.randn(1, 3, 2, 8), ValueError, "kernel height 3 .* larger than the padded input height"),
     (lambda: torch.randint(0, 5, (1, 3, 8, 8)), TypeError, "floating-point"),
@@ -130,37 +130,95 @@ def test_it_trains():
     assert after < before
 
 
-# ------------------------------------------------------------ depthwise separable
-class TorchSeparable(nn.Module):
-    """The same block from torch.nn layers, with the same parameter names."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        return torch.relu(self.bn2(self.pointwise(torch.relu(self.bn1(self.depthwise(x))))))
+# ------------------------------------------------------------ torch's argument surface
+@pytest.mark.parametrize("padding, dilation, kernel", [("same", 1, 3), ("same", 2, (2, 3)), ("valid", 1, 3)])
+def test_string_padding_matches_torch(padding, dilation, kernel):
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, *((kernel, kernel) if isinstance(kernel, int) else kernel),
+                    dtype=torch.float64, requires_grad=True)
+    check_layer(lambda x, w: conv2d(x, w, padding=padding, dilation=dilation),
+                lambda x, w: F.conv2d(x, w, padding=padding, dilation=dilation), (x, w), empty_batch=False)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_separable_against_torch(stride):
-    m = DepthwiseSeparableConv2d(3, 5, stride=stride)
-    x = torch.randn(4, 3, 6, 6, requires_grad=True)
-    check_layer(m, TorchSeparable(3, 5, stride), (x,), shared_work=batch_norm_biases(m))
+def test_same_padding_refuses_stride():
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), stride=2, padding="same")
+    with pytest.raises(ValueError, match="got 'full'"):
+        conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding="full")
 
 
-def test_depthwise_separable_eval_and_cost():
-    m = DepthwiseSeparableConv2d(8, 16).eval()
-    ref = TorchSeparable(8, 16).eval()
-    ref.load_state_dict(m.state_dict())
-    x = torch.randn(2, 8, 5, 5)
-    torch.testing.assert_close(m(x), ref(x))
-    n_params = sum(p.numel() for p in m.parameters() if p.dim() == 4)
-    assert n_params == 8 * 9 + 8 * 16
-    sep = m.cost(5, 5)
-    std = conv2d_cost(8, 16, 3, 5, 5, padding=1, bias=False)
-    assert sep["params"] == n_params and std["params"] == 16 * 8 * 9
-    assert sep["mult_adds"] == (8 * 9 + 8 * 16) * 25 and std["mult_adds"] == 16 * 8 * 9 * 25
+def test_unbatched_input():
+    x = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    ours, ref = Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(2, 3, 3, padding=1).double()
+    check_layer(ours, ref, (x,), empty_batch=False)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes(mode):
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    ours = Conv2d(2, 3, 3, padding=1, padding_mode=mode).double()
+    ref = nn.Conv2d(2, 3, 3, padding=1, padding_mode=mode).double()
+    check_layer(ours, ref, (x,), gradgradcheck=False)
+    ours_same = Conv2d(2, 3, (2, 3), padding="same", padding_mode=mode).double()
+    ref_same = nn.Conv2d(2, 3, (2, 3), padding="same", padding_mode=mode).double()
+    ref_same.load_state_dict(ours_same.state_dict())
+    torch.testing.assert_close(ours_same(x), ref_same(x))
+    with pytest.raises(ValueError, match="padding_mode .*'mirror'"):
+        Conv2d(2, 3, 3, padding_mode="mirror")
+
+
+def test_keyword_names_as_torch():
+    x, w, b = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), torch.randn(3)
+    kw = dict(input=x, weight=w, bias=b, stride=1, padding=1, dilation=1, groups=1)
+    torch.testing.assert_close(conv2d(**kw), F.conv2d(**kw))
+    m = Conv2d(in_channels=2, out_channels=3, kernel_size=3, stride=1, padding=0, dilation=1, groups=1,
+               bias=True, padding_mode="zeros", device="cpu", dtype=torch.float64)
+    assert m.weight.dtype == torch.float64 and m(input=x.double()).shape == (1, 3, 3, 3)
+    assert Conv2d(2, 2, 1, device="meta").weight.is_meta
+
+
+# ------------------------------------------------------------ composability
+def test_vmap_jvp_jacobians():
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    w = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    f = lambda x, w, b: conv2d(x, w, b, stride=2, padding=1)      # noqa: E731
+    g = lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1)    # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(f, in_dims=(0, None, None))(x[:, None], w, b),
+                               torch.func.vmap(g, in_dims=(0, None, None))(x[:, None], w, b))
+    t = tuple(torch.randn_like(v) for v in (x, w, b))
+    torch.testing.assert_close(torch.func.jvp(f, (x, w, b), t), torch.func.jvp(g, (x, w, b), t))
+    xs = x[:1, :, :3, :3]
+    for jac in (torch.func.jacrev, torch.func.jacfwd):
+        torch.testing.assert_close(jac(f, argnums=(0, 1))(xs, w, b), jac(g, argnums=(0, 1))(xs, w, b))
+
+
+def test_autocast_bfloat16_like_torch():
+    x = torch.randn(2, 3, 6, 6)
+    ours = Conv2d(3, 4, 3)
+    ref = nn.Conv2d(3, 4, 3)
+    ref.load_state_dict(ours.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = ours(x), ref(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_like_torch(dtype):
+    x = torch.randn(4, 8, 10, 10, dtype=torch.float64)
+    w = torch.randn(6, 8, 3, 3, dtype=torch.float64) * 0.2
+    b = torch.randn(6, dtype=torch.float64)
+    g = torch.randn(4, 6, 8, 8, dtype=torch.float64)
+    errs = []
+    for fn in (conv2d, F.conv2d):
+        leaves = [t.to(dtype).requires_grad_(True) for t in (x, w, b)]
+        y = fn(*leaves)
+        y.backward(g.to(dtype))
+        truth = [t.requires_grad_(True) for t in (x.clone(), w.clone(), b.clone())]
+        y64 = F.conv2d(*truth)
+        y64.backward(g)
+        errs.append([(a.double() - e).abs().max().item() for a, e in
+                     zip([y] + [v.grad for v in leaves], [y64] + [v.grad for v in truth])])
+    for ours, torch_err in zip(*errs):
+        assert ours <= 1.5 * torch_err + 1e-3, errs

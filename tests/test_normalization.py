@@ -145,3 +145,90 @@ def test_layernorm_it_trains():
     model = nn.Sequential(nn.Linear(5, 8), LayerNorm(8), nn.Linear(8, 2))
     before, after = sgd_step_lowers_loss(model, torch.randn(16, 5), torch.randn(16, 2), lr=0.1)
     assert after < before
+
+
+# ------------------------------------------------------------ torch's argument surface
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (2, 3, 2, 2, 2)])
+def test_batch_norm_any_rank(shape):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_(True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    check_layer(lambda x, w, b: batch_norm(x, None, None, w, b, training=True),
+                lambda x, w, b: nn.functional.batch_norm(x, None, None, w, b, training=True),
+                (x, w, b), empty_batch=False, shared_work=("input 2",))
+
+
+def test_layernorm_without_bias_and_keywords():
+    ours, ref = LayerNorm(6, bias=False), nn.LayerNorm(6, bias=False)
+    assert ours.bias is None and list(ours.state_dict()) == list(ref.state_dict())
+    check_layer(ours, ref, (torch.randn(3, 6, requires_grad=True),))
+    x, w, b = torch.randn(2, 6), torch.rand(6), torch.randn(6)
+    torch.testing.assert_close(layer_norm(input=x, normalized_shape=[6], weight=w, bias=b, eps=1e-5),
+                               nn.functional.layer_norm(input=x, normalized_shape=[6], weight=w, bias=b, eps=1e-5))
+    assert LayerNorm(4, dtype=torch.float64).weight.dtype == torch.float64
+
+
+# ------------------------------------------------------------ low precision and autocast
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("which", ["batch_norm", "layer_norm"])
+def test_low_precision_error_like_torch(dtype, which):
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 10 + 10     # values ~10: float16 squares overflow
+    g = torch.randn_like(x)
+    if which == "batch_norm":
+        ours, ref = BatchNorm2d(3), nn.BatchNorm2d(3)
+    else:
+        ours, ref = LayerNorm([5, 5]), nn.LayerNorm([5, 5])
+    errors = []
+    for m in (ours, ref):
+        xl = x.to(dtype).requires_grad_(True)
+        y = m.to(dtype)(xl)
+        y.backward(g.to(dtype))
+        x64 = x.clone().requires_grad_(True)
+        y64 = ref.double()(x64)
+        y64.backward(g)
+        errors.append([(y.double() - y64).abs().max().item(), (xl.grad.double() - x64.grad).abs().max().item()])
+    assert errors[0][0] < 0.5                                       # not all zeros
+    for mine, theirs in zip(*errors):
+        assert mine <= 1.5 * theirs + 1e-3, errors
+
+
+def test_autocast_bfloat16_like_torch():
+    x = torch.randn(2, 3, 4, 4)
+    conv = nn.Conv2d(3, 3, 1)
+    for ours, ref in ((BatchNorm2d(3), nn.BatchNorm2d(3)), (LayerNorm(4), nn.LayerNorm(4))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = conv(x)                                             # bfloat16 activations
+            y, y_ref = ours(h), ref(h)
+            y32 = ours(x)
+        assert y.dtype == y_ref.dtype == torch.bfloat16 and y32.dtype == torch.float32
+        torch.testing.assert_close(y, y_ref)
+
+
+# ------------------------------------------------------------ torch.func
+def test_vmap_and_jvp():
+    x = torch.randn(3, 4, 2, 3, 3, dtype=torch.float64)
+    w, b = torch.rand(2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    f = lambda x: batch_norm(x, None, None, w, b, training=True)                    # noqa: E731
+    g = lambda x: nn.functional.batch_norm(x, None, None, w, b, training=True)      # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(f)(x), torch.func.vmap(g)(x))
+    rm, rv = torch.randn(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64) + 0.5
+    for ours, ref in ((f, g), (lambda x: batch_norm(x, rm, rv, w, b),
+                               lambda x: nn.functional.batch_norm(x, rm, rv, w, b)),
+                      (lambda x: layer_norm(x, (3, 3), w[0].expand(3, 3), None),
+                       lambda x: nn.functional.layer_norm(x, (3, 3), w[0].expand(3, 3), None))):
+        t = torch.randn_like(x[0])
+        torch.testing.assert_close(torch.func.jvp(ours, (x[0],), (t,)), torch.func.jvp(ref, (x[0],), (t,)))
+        torch.testing.assert_close(torch.func.vmap(ours)(x), torch.func.vmap(ref)(x))
+
+
+@pytest.mark.parametrize("jac", [torch.func.jacrev, torch.func.jacfwd], ids=["jacrev", "jacfwd"])
+def test_jacobian_through_batch_norm_with_running_stats(jac):
+    """The running statistics are updated below the transform, once, as torch's own op does.
+    (Both modules also bump num_batches_tracked in place, which torch.func refuses for each.)"""
+    x = torch.randn(4, 2, 2, 2, dtype=torch.float64)
+    stats = [torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)]
+    ref_stats = [t.clone() for t in stats]
+    got = jac(lambda x: batch_norm(x, *stats, training=True))(x)
+    want = jac(lambda x: nn.functional.batch_norm(x, *ref_stats, training=True))(x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(stats, ref_stats)
