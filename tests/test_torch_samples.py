@@ -149,6 +149,23 @@ def test_harness_finds_wrong_forward():
     assert set(_statuses(LINEAR_MODULE, ours=ShiftedLinear)) == {"mismatch"}
 
 
+def test_harness_finds_wrong_running_statistics():
+    class DriftingBatchNorm2d(nn.BatchNorm2d):
+        def forward(self, input):
+            out = super().forward(input)
+            if self.training and self.running_var is not None:
+                with torch.no_grad():
+                    self.running_var.mul_(1.01)
+            return out
+
+    pair = next(p for p in ts.MODULE_PAIRS if p.name == "nn.BatchNorm2d")
+    outcomes = ts.run_pair(ts.dataclasses.replace(pair, ours=DriftingBatchNorm2d), torch.float64)
+    drifted = [o for o in outcomes if o.status == "mismatch"]
+    assert drifted and all("state running_var" in o.detail for o in drifted), ts.counts(outcomes)
+    assert all(o.status == "matched" for o in outcomes
+               if o.sample.startswith("eval") or "track_running_stats=False" in o.sample)
+
+
 def test_harness_finds_wrong_backward():
     def wrong(input, weight, bias=None):
         return _LinearWrongBackward.apply(input, weight, bias)

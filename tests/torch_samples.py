@@ -53,8 +53,9 @@ import layers
 import layers.linear
 
 # rtol, and atol relative to the largest magnitude of torch's value (at least 1): a different but
-# correct order of summation (blocked softmax, fused statistics) stays inside, 1e-3 does not.
-TOLERANCES = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+# correct order of summation (blocked softmax, fused statistics) stays inside; 1e-3 added to
+# the output of a float32 linear layer on torch's samples (|y| up to ~40) does not.
+TOLERANCES = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 COUNTED = ("matched", "unsupported", "mismatch", "crash")     # the statuses coverage is taken over
 STATUSES = COUNTED + ("refused", "torch_raises", "both_raise")
 
