@@ -12,6 +12,7 @@ The per-layer table for the API pages:
 
 import argparse
 import functools
+import warnings
 from pathlib import Path
 
 import pytest
@@ -130,10 +131,11 @@ def _torch_as_ours(pair):
 
 @pytest.mark.parametrize("name", [p.name for p in ts.PAIRS])
 def test_harness_torch_against_itself(name):
-    """With torch in the place of ours every sample torch accepts matches (no false alarm)."""
+    """With torch in the place of ours every sample matches: no false alarm, and torch's
+    valid samples are not turned into rejections by the way the harness calls them."""
     pair = _torch_as_ours(next(p for p in ts.PAIRS if p.name == name))
     got = ts.counts(ts.run_pair(pair, torch.float64))
-    assert got["matched"] > 0 and set(got) <= {"matched", "both_raise"}, got
+    assert set(got) == {"matched"}, got
 
 
 def test_harness_finds_wrong_forward():
@@ -203,6 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the per-layer table to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", "Using padding='same'", UserWarning)
     results = _all_results()
     for name, outcomes in results.items():
         print(ts.line(name, outcomes))
