@@ -347,7 +347,8 @@ def _classify_refusal(pair: Pair, refusal: _Refusal, arguments: dict, aliases: d
     message = str(exc)
     if refusal.step == "state_dict":
         keys = re.findall(r'"([^"]+)"', message)
-        return Outcome("unsupported", sample, (f"state_dict does not load (keys or shapes differ: {', '.join(keys)})",))
+        return Outcome("unsupported", sample,
+                       (f"state_dict does not load (keys or shapes differ: {', '.join(keys)})",))
     if isinstance(exc, (ValueError, TypeError, NotImplementedError)):
         for arg, allowed in pair.refusals:
             if arg in arguments and allowed(arguments[arg]) and _named_argument(message, [arg]):
