@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply
+from ._compile import traceable, without_jvp
 from ._validation import check_same_device, check_tensor
 
 __all__ = [
@@ -99,13 +100,10 @@ def _check_constant(where: str, name: str, t: Tensor | None) -> None:
 def _apply(function: type[torch.autograd.Function], traced: type[torch.autograd.Function], *args) -> Tensor:
     """``function.apply(*args)`` under autocast's float32 policy for losses.
 
-    Under ``torch.compile`` ``traced`` is applied: the same Function without its ``jvp``. Dynamo cannot
-    trace a Function that defines a custom ``jvp`` (it would break the graph), and compiled
-    code runs reverse mode. Forward, backward and the vmap rule are the same methods.
+    Under ``torch.compile`` ``traced`` is applied: the same Function without its ``jvp``
+    (see :mod:`layers._compile`).
     """
-    if torch.compiler.is_compiling():
-        function = traced
-    return autocast_apply(function.apply, "float32", *args)
+    return autocast_apply(traceable(function, traced).apply, "float32", *args)
 
 
 # ------------------------------------------------------------------------------ MSE
@@ -742,21 +740,12 @@ def softmax_focal_loss(input: Tensor, target: Tensor, alpha: Tensor | Sequence[f
                           float(gamma), reduction)
 
 
-# Each Function as torch.compile applies it (see _apply): the same class minus the custom jvp.
-class _MSELossTraced(MSELossFunction):
-    jvp = torch.autograd.Function.jvp
+# Each Function as torch.compile applies it (see _apply and layers._compile).
+_MSELossTraced = without_jvp(MSELossFunction)
+_CrossEntropyTraced = without_jvp(CrossEntropyFunction)
+_FocalLossTraced = without_jvp(FocalLossFunction)
+_SoftmaxFocalLossTraced = without_jvp(SoftmaxFocalLossFunction)
 
-
-class _CrossEntropyTraced(CrossEntropyFunction):
-    jvp = torch.autograd.Function.jvp
-
-
-class _FocalLossTraced(FocalLossFunction):
-    jvp = torch.autograd.Function.jvp
-
-
-class _SoftmaxFocalLossTraced(SoftmaxFocalLossFunction):
-    jvp = torch.autograd.Function.jvp
 
 # ------------------------------------------------------------------------- modules
 class MSELoss(nn.Module):

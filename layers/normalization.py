@@ -49,6 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._compile import traceable, without_jvp
 from ._validation import check_same_device, check_tensor
 
 __all__ = [
@@ -68,14 +69,8 @@ def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def _without_jvp(fn_cls: type) -> type:
-    """The same Function without its ``jvp``, for torch.compile (Dynamo refuses a custom ``jvp``)."""
-    return type(fn_cls.__name__, (fn_cls,), {"jvp": staticmethod(torch.autograd.Function.jvp),
-                                              "__doc__": fn_cls.__doc__})
-
-
 def _apply(fn_cls: type, compiled_cls: type, *args):
-    return (compiled_cls if torch.compiler.is_compiling() else fn_cls).apply(*args)
+    return traceable(fn_cls, compiled_cls).apply(*args)
 
 
 def _check_param(where: str, x: Tensor, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
@@ -276,8 +271,8 @@ class BatchNormEvalFunction(torch.autograd.Function):
         return dy.to(x.dtype)
 
 
-_BatchNormCompiled = _without_jvp(BatchNormFunction)
-_BatchNormEvalCompiled = _without_jvp(BatchNormEvalFunction)
+_BatchNormCompiled = without_jvp(BatchNormFunction)
+_BatchNormEvalCompiled = without_jvp(BatchNormEvalFunction)
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -539,7 +534,7 @@ class LayerNormFunction(torch.autograd.Function):
         return dy.to(x.dtype)
 
 
-_LayerNormCompiled = _without_jvp(LayerNormFunction)
+_LayerNormCompiled = without_jvp(LayerNormFunction)
 
 
 def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: Tensor | None = None,
