@@ -277,7 +277,7 @@ def test_sqnr_six_db_per_bit():
     (lambda: fake_quantize(torch.randn(3), 0.1, 0, 5, 5), ValueError, "quant_min < quant_max"),
     (lambda: fake_quantize(torch.arange(3), 0.1, 0, 0, 255), TypeError, "floating-point"),
     (lambda: fake_quantize(torch.randn(2, 3), torch.tensor([0.1, 0.0, 0.1]), torch.zeros(3, dtype=torch.int32),
-                           0, 255, axis=1), ValueError, "positive finite scales"),
+                           0, 255, axis=1), ValueError, "positive finite scale"),
     (lambda: fake_quantize(torch.randn(2, 3), torch.ones(2), torch.zeros(2, dtype=torch.int32), 0, 255, axis=1),
      ValueError, r"scale of shape \(3,\)"),
     (lambda: lsq_quantize(torch.randn(3), torch.tensor([-1.0]), torch.tensor([0.0]), 0, 7), ValueError,
