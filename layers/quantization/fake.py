@@ -39,6 +39,20 @@ def values_checkable(*tensors: Tensor) -> bool:
     return not any(isinstance(t, Tensor) and torch._C._functorch.is_batchedtensor(t) for t in tensors)
 
 
+def without_jvp(fn_cls: type) -> type:
+    """A twin of ``fn_cls`` without its ``jvp`` staticmethod, to use under ``torch.compile`` tracing.
+
+    Dynamo refuses to trace an ``autograd.Function`` that defines ``jvp`` (graph break
+    "Unsupported custom jvp"), and forward-mode AD does not run inside compiled code anyway.
+    The twin is a subclass with ``jvp`` reset to ``torch.autograd.Function.jvp``: the same
+    forward, setup_context, backward and vmap rule. Callers pick
+    ``twin if torch.compiler.is_compiling() else fn_cls``.
+    """
+    return type(fn_cls.__name__ + "Traced", (fn_cls,),
+                {"jvp": staticmethod(torch.autograd.Function.jvp), "__module__": fn_cls.__module__,
+                 "__doc__": f"{fn_cls.__name__} without jvp, for torch.compile tracing (see without_jvp)."})
+
+
 def check_bits(where: str, bits: int) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"{where}: expected bits to be an integer in 2..16, got {bits!r}")
@@ -283,6 +297,10 @@ class FakeQuantizePerChannelFunction(torch.autograd.Function):
         return input_t * mask, None                                    # (*)
 
 
+_FakeQuantizeTraced = without_jvp(FakeQuantizeFunction)
+_FakeQuantizePerChannelTraced = without_jvp(FakeQuantizePerChannelFunction)
+
+
 def _to_int64(q: Tensor) -> Tensor:
     """Float to int64 as the x86 conversion does: NaN, inf and out-of-range values become the
     most negative int64 (``static_cast<int64_t>`` / ``lrintf`` in the CPU kernels)."""
@@ -347,9 +365,10 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
         check_scale_values(where, scale)
         check_zero_point_values(where, zero_point, quant_min, quant_max)
         args = (input, scale.reshape(()), zero_point.reshape(()), quant_min, quant_max)
+        fn = _FakeQuantizeTraced if torch.compiler.is_compiling() else FakeQuantizeFunction
         if policy is None:
-            return FakeQuantizeFunction.apply(*args)[0]
-        return autocast_apply(FakeQuantizeFunction.apply, policy, *args)[0]
+            return fn.apply(*args)[0]
+        return autocast_apply(fn.apply, policy, *args)[0]
     if not -input.dim() <= axis < max(input.dim(), 1):
         raise ValueError(f"{where}: expected axis in [{-input.dim()}, {input.dim() - 1}], got {axis}")
     axis = axis % input.dim()
@@ -363,4 +382,5 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     check_scale_values(where, scale)
     if not zero_point.is_floating_point():
         check_zero_point_values(where, zero_point, quant_min, quant_max)
-    return FakeQuantizePerChannelFunction.apply(input, scale, zero_point, axis, quant_min, quant_max)[0]
+    fn = _FakeQuantizePerChannelTraced if torch.compiler.is_compiling() else FakeQuantizePerChannelFunction
+    return fn.apply(input, scale, zero_point, axis, quant_min, quant_max)[0]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .._validation import check_tensor
 from .fake import (check_scale_values,
                    check_zero_point_values, check_bits, check_finite, check_qrange, qparams_from_range,
-                   quant_range, values_checkable)
+                   quant_range, values_checkable, without_jvp)
 
 __all__ = ["LSQFunction", "PACTFunction", "lsq_quantize", "pact_quantize", "LSQQuantizer", "PACTQuantizer"]
 
@@ -170,6 +170,9 @@ class LSQFunction(torch.autograd.Function):
         return y_t.to(x.dtype)
 
 
+_LSQTraced = without_jvp(LSQFunction)
+
+
 def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                  grad_factor: float = 1.0, axis: int | None = None) -> Tensor:
     r"""Learned step size quantization (LSQ): :func:`~layers.quantization.fake_quantize` whose
@@ -220,7 +223,8 @@ def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: in
     check_zero_point_values(where, zero_point, quant_min, quant_max, integer=False)
     if isinstance(grad_factor, Tensor):
         grad_factor = grad_factor.item()
-    return LSQFunction.apply(input, scale, zero_point, quant_min, quant_max, float(grad_factor), axis)
+    fn = _LSQTraced if torch.compiler.is_compiling() else LSQFunction
+    return fn.apply(input, scale, zero_point, quant_min, quant_max, float(grad_factor), axis)
 
 
 # ---------------------------------------------------------------------------------- PACT
@@ -278,6 +282,9 @@ class PACTFunction(torch.autograd.Function):
         return y_t
 
 
+_PACTTraced = without_jvp(PACTFunction)
+
+
 def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
     r"""PACT activation quantization: clip to the learnable :math:`[0, \alpha]`, quantize to
     ``bits`` bits. See :class:`PACTFunction` for the gradient.
@@ -302,7 +309,8 @@ def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
     check_bits(where, bits)
     if values_checkable(alpha) and not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
         raise ValueError(f"{where}: expected a positive finite alpha, got {alpha.detach().reshape(()).item()}")
-    return PACTFunction.apply(input, alpha, bits)
+    fn = _PACTTraced if torch.compiler.is_compiling() else PACTFunction
+    return fn.apply(input, alpha, bits)
 
 
 # ------------------------------------------------------------------------------- modules
