@@ -14,10 +14,10 @@ translation in the exporter; :func:`onnx_translations` registers one
 
 What does not trace are checks that read tensor *values* in Python (an
 observer asking "have I seen data yet?", a validation of a scale buffer).
-:func:`~layers.quantization.freeze_quantizers` (defined in
-:mod:`layers.quantization.qat`, re-exported here) replaces every trained
+:func:`freeze_quantizers` (defined in ``layers.quantization.qat``,
+re-exported here) replaces every trained
 :class:`~layers.quantization.FakeQuantize` by its frozen, export-friendly form:
-activation quantizers become :class:`~layers.quantization.FrozenFakeQuantize` with
+activation quantizers become :class:`FrozenFakeQuantize` with
 Python-number parameters, and weight quantizers are applied once to the weights.
 Models with the quantizers themselves also export (``torch.export`` in train and eval
 mode): freezing gives the smallest graph and the ONNX decomposition.

@@ -147,9 +147,9 @@ def _qat_cnn(method):
     return model, torch.rand(2, 1, 4, 4)
 
 
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("method", ["ste", "lsq", "pact"])
+@pytest.mark.parametrize("method,training", [("ste", True), ("ste", False), ("lsq", False), ("pact", True)])
 def test_compile_qat_model(method, training):
+    """Train mode (observers and PACT update in the graph) and eval mode; a few pairs, to stay fast."""
     model, x = _qat_cnn(method)
     model.train(training)
     eager, traced = copy.deepcopy(model), copy.deepcopy(model)
@@ -253,6 +253,18 @@ def test_zero_dim_tensors_where_torch_takes_a_scalar():
     assert s0.grad.shape == () and z0.grad.shape == ()
     ref = torch._fake_quantize_learnable_per_tensor_affine(x, torch.tensor([0.2]), torch.tensor([1.0]), -8, 7, 1.0)
     assert torch.equal(y, ref)
+
+
+def test_keyword_calls_written_for_torch():
+    x = _x(8)
+    kw = dict(input=x, scale=0.1, zero_point=2, quant_min=-8, quant_max=7)
+    assert torch.equal(fake_quantize(**kw), torch.fake_quantize_per_tensor_affine(**kw))
+    kw = dict(input=x, scale=S4, zero_point=Z4, axis=0, quant_min=-8, quant_max=7)
+    assert torch.equal(fake_quantize(**kw), torch.fake_quantize_per_channel_affine(**kw))
+    kw = dict(input=x, scale=torch.tensor([0.1]), zero_point=torch.tensor([1.0]), quant_min=-8, quant_max=7,
+              grad_factor=0.5)
+    assert torch.equal(lsq_quantize(**kw), torch._fake_quantize_learnable_per_tensor_affine(**kw))
+    assert pact_quantize(input=x, alpha=torch.tensor(1.0), bits=2).shape == x.shape
 
 
 @pytest.mark.parametrize("call,match", [

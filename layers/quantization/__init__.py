@@ -4,22 +4,23 @@ Taught in the chapter "Quantization-aware training" (``book/quantization.ipynb``
 
 The package, from the bottom up (every name is importable from ``layers.quantization``):
 
-* :mod:`layers.quantization.fake`: integer ranges (:func:`quant_range`), qparams
+* ``layers.quantization.fake``: integer ranges (:func:`quant_range`), qparams
   (:func:`qparams_from_range`), :func:`sqnr`, and :func:`fake_quantize` (per tensor, or per
   channel with ``axis=``), bit-for-bit :func:`torch.fake_quantize_per_tensor_affine` /
   :func:`torch.fake_quantize_per_channel_affine` on CPU, with the straight-through estimator
   (STE) as gradient.
-* :mod:`layers.quantization.observers`: :class:`MinMaxObserver`,
+* ``layers.quantization.observers``: :class:`MinMaxObserver`,
   :class:`MovingAverageMinMaxObserver` and :class:`MSEObserver`, which searches the clipping
   range that minimizes the quantization error (:func:`mse_clip_search`).
-* :mod:`layers.quantization.learned`: :func:`lsq_quantize` (learned step size, Esser et al.
+* ``layers.quantization.learned``: :func:`lsq_quantize` (learned step size, Esser et al.
   2020; output and gradients match torch's learnable fake-quantize ops, per tensor and per
   channel), :func:`pact_quantize` (PACT, Choi et al. 2018), and their modules
   :class:`LSQQuantizer` and :class:`PACTQuantizer`.
-* :mod:`layers.quantization.qat`: :class:`FakeQuantize` (observer + fake quantization,
+* ``layers.quantization.qat``: :class:`FakeQuantize` (observer + fake quantization,
   switchable), the layers :class:`QuantLinear` and :class:`QuantConv2d` (weights per output
   channel, activations per tensor), :func:`convert_to_qat`, :func:`calibrate`, and
-  :func:`freeze_quantizers` / :class:`FrozenFakeQuantize` for export.
+  :func:`~layers.export.freeze_quantizers` / :class:`~layers.export.FrozenFakeQuantize`
+  for export (documented with :mod:`layers.export`, which re-exports them).
 
 Every Function supports ``torch.func`` (vmap, jvp), ``torch.compile(fullgraph=True)`` and
 ``torch.export``: checks that read tensor values run in eager mode only.

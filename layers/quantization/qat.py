@@ -9,7 +9,7 @@ Part of :mod:`layers.quantization`, taught in the chapter "Quantization-aware tr
   tensor. :func:`convert_to_qat` swaps the :class:`~layers.linear.Linear` and
   :class:`~layers.conv.Conv2d` layers of a float model for these; :func:`calibrate` runs the
   observers for post-training quantization; :func:`quantizers` lists the quantizers of a model.
-* :func:`freeze_quantizers` and :class:`FrozenFakeQuantize`: a trained model with constant
+* ``freeze_quantizers`` and ``FrozenFakeQuantize``: a trained model with constant
   quantization parameters, for ``torch.export`` and ONNX (re-exported by :mod:`layers.export`).
 
 A model of these modules runs under ``torch.compile(fullgraph=True)`` and ``torch.export`` in
@@ -357,7 +357,7 @@ class FrozenFakeQuantize(nn.Module):
 def freeze_quantizers(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` whose fake quantizers are frozen for export.
 
-    Every :class:`FakeQuantize` child named ``weight_quant``
+    Every :class:`~layers.quantization.FakeQuantize` child named ``weight_quant``
     is applied once to its parent's ``weight`` (which then holds the quantized
     values) and replaced by ``nn.Identity``; every other per-tensor
     ``FakeQuantize`` becomes a :class:`FrozenFakeQuantize`; one with fake
