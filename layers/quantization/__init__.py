@@ -42,3 +42,9 @@ __all__ = [
     "QuantLinear", "QuantConv2d", "convert_to_qat", "calibrate", "quantizers",
     "FrozenFakeQuantize", "freeze_quantizers",
 ]
+
+# Public names report the package as their module (as torch does for torch.nn): the API page,
+# cross-references such as ``layers.fake_quantize`` and pickles all use ``layers.quantization.<name>``.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -69,7 +69,7 @@ class Observer(nn.Module):
 
     @property
     def observed(self) -> bool:
-        """Whether any tensor has been observed yet (reads the buffers: eager mode only)."""
+        """Whether any tensor has been observed yet. Reads the buffers, so eager mode only."""
         return bool(torch.isfinite(self.min_val).all())
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
