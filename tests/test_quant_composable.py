@@ -302,3 +302,14 @@ def test_lsq_step_size_initialisation_and_gradient_scale():
         grads[grad_scale] = q.scale.grad
     n = x.shape[1]                                                     # elements per sample
     torch.testing.assert_close(grads[True], grads[False] / math.sqrt(n * qmax))
+
+
+def test_meta_inputs_give_meta_outputs():
+    """The value checks cannot read meta tensors, so they are skipped there (shape checks still run)."""
+    x = torch.randn(4, 5, device="meta")
+    outs = [fake_quantize(x, 0.1, 0, -8, 7), fake_quantize(x, S4.to("meta"), Z4.to("meta"), -8, 7, axis=0),
+            lsq_quantize(x, torch.ones(1, device="meta"), torch.zeros(1, device="meta"), -8, 7),
+            pact_quantize(x, torch.ones((), device="meta"), 4)]
+    assert all(o.device.type == "meta" and o.shape == x.shape for o in outs)
+    with pytest.raises(ValueError, match=r"scale of shape \(4,\)"):
+        fake_quantize(x, torch.ones(3, device="meta"), torch.zeros(3, device="meta"), -8, 7, axis=0)

@@ -33,10 +33,12 @@ __all__ = ["quant_range", "qparams_from_range", "sqnr", "FakeQuantizeFunction",
 
 # ----------------------------------------------------------------------------- checks
 def values_checkable(*tensors: Tensor) -> bool:
-    """Whether checks that read tensor values may run: eager mode, and no tensor batched by vmap."""
+    """Whether checks that read tensor values may run: eager mode, no tensor batched by vmap,
+    none on the meta device (which has no values)."""
     if torch.compiler.is_compiling():
         return False
-    return not any(isinstance(t, Tensor) and torch._C._functorch.is_batchedtensor(t) for t in tensors)
+    return not any(isinstance(t, Tensor) and (t.is_meta or torch._C._functorch.is_batchedtensor(t))
+                   for t in tensors)
 
 
 def without_jvp(fn_cls: type) -> type:
@@ -366,7 +368,7 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
         check_zero_point_values(where, zero_point, quant_min, quant_max)
         args = (input, scale.reshape(()), zero_point.reshape(()), quant_min, quant_max)
         fn = _FakeQuantizeTraced if torch.compiler.is_compiling() else FakeQuantizeFunction
-        if policy is None:
+        if policy is None or input.is_meta:                           # meta: no autocast for that device
             return fn.apply(*args)[0]
         return autocast_apply(fn.apply, policy, *args)[0]
     if not -input.dim() <= axis < max(input.dim(), 1):
