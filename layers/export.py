@@ -14,103 +14,26 @@ translation in the exporter; :func:`onnx_translations` registers one
 
 What does not trace are checks that read tensor *values* in Python (an
 observer asking "have I seen data yet?", a validation of a scale buffer).
-:func:`freeze_quantizers` replaces every trained
+:func:`freeze_quantizers` (defined in ``layers.quantization.qat``,
+re-exported here) replaces every trained
 :class:`~layers.quantization.FakeQuantize` by its frozen, export-friendly form:
-activation quantizers become :class:`FrozenFakeQuantize` with Python-number
-parameters, and weight quantizers are applied once to the weights.
+activation quantizers become :class:`FrozenFakeQuantize` with
+Python-number parameters, and weight quantizers are applied once to the weights.
+Models with the quantizers themselves also export (``torch.export`` in train and eval
+mode): freezing gives the smallest graph and the ONNX decomposition.
 """
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .quantization import FrozenFakeQuantize, freeze_quantizers
+
 __all__ = ["FrozenFakeQuantize", "freeze_quantizers", "onnx_translations", "onnx_roundtrip"]
-
-
-class FrozenFakeQuantize(nn.Module):
-    r"""Fake quantization with constant parameters, :math:`y = (\operatorname{clamp}(\lfloor x/s \rceil + z) - z)\,s`.
-
-    The same arithmetic as :func:`layers.quantization.fake_quantize` (it calls
-    :class:`~layers.quantization.FakeQuantizeFunction`), with ``scale`` and
-    ``zero_point`` stored as Python numbers, so tracing sees constants and no
-    value-dependent check.
-
-    Args:
-        scale: step size :math:`s > 0`.
-        zero_point: integer :math:`z`.
-        quant_min: smallest integer level.
-        quant_max: largest integer level.
-
-    Shape:
-        - Input: :math:`(*)`.
-        - Output: :math:`(*)`, same shape.
-
-    Examples:
-        >>> FrozenFakeQuantize(0.5, 0, -4, 3)(torch.tensor([0.26, -1.0, 9.0]))
-        tensor([ 0.5000, -1.0000,  1.5000])
-    """
-
-    def __init__(self, scale: float, zero_point: int, quant_min: int, quant_max: int) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ValueError(f"FrozenFakeQuantize: expected a positive scale, got {scale}")
-        self.scale, self.zero_point = float(scale), int(zero_point)
-        self.quant_min, self.quant_max = int(quant_min), int(quant_max)
-
-    def forward(self, x: Tensor) -> Tensor:
-        from .quantization import FakeQuantizeFunction
-
-        return FakeQuantizeFunction.apply(x, self.scale, self.zero_point, self.quant_min, self.quant_max)[0]
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:.6g}, zero_point={self.zero_point}, range=[{self.quant_min}, {self.quant_max}]"
-
-
-@torch.no_grad()
-def freeze_quantizers(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` whose fake quantizers are frozen for export.
-
-    Every :class:`~layers.quantization.FakeQuantize` child named ``weight_quant``
-    is applied once to its parent's ``weight`` (which then holds the quantized
-    values) and replaced by ``nn.Identity``; every other per-tensor
-    ``FakeQuantize`` becomes a :class:`FrozenFakeQuantize`; one with fake
-    quantization disabled becomes ``nn.Identity``. The outputs of the copy equal
-    the eval-mode outputs of ``model``.
-
-    Args:
-        model: a model after quantization-aware training or calibration.
-
-    Returns:
-        The frozen copy (``model`` is not changed).
-
-    Raises:
-        NotImplementedError: a per-channel activation quantizer, or an LSQ/PACT quantizer.
-    """
-    from .quantization import FakeQuantize, LSQQuantizer, PACTQuantizer
-
-    model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (LSQQuantizer, PACTQuantizer)):
-                raise NotImplementedError(f"freeze_quantizers: {type(child).__name__} is not supported")
-            if not isinstance(child, FakeQuantize):
-                continue
-            if not child.fake_quant_enabled:
-                setattr(parent, name, nn.Identity())
-            elif name == "weight_quant":
-                parent.weight.copy_(child(parent.weight))      # quantize the weight once
-                setattr(parent, name, nn.Identity())
-            elif child.ch_axis is None:
-                setattr(parent, name, FrozenFakeQuantize(child.scale.item(), int(child.zero_point.item()),
-                                                         child.quant_min, child.quant_max))
-            else:
-                raise NotImplementedError("freeze_quantizers: per-channel activation quantizers are not supported")
-    return model
 
 
 def onnx_translations() -> dict:

@@ -115,18 +115,37 @@ LSQ_CASES = [(qmin, qmax, zf) for qmin, qmax in [(0, 255), (-128, 127), (0, 3), 
              for zf in [0.0, 1.3, 2.5, 3.5, -0.7, -0.3] if qmin <= round(zf) <= qmax]
 
 
+def _lsq_leaves(x, s0, zf, channels):
+    """(input, scale, zero_point) leaves; per channel, the scales and zero points vary by channel."""
+    if channels is None:
+        return [x.clone().requires_grad_(), torch.tensor([s0], requires_grad=True),
+                torch.tensor([zf], requires_grad=True)]
+    spread = torch.linspace(0.7, 1.3, channels)
+    return [x.clone().requires_grad_(), (s0 * spread).requires_grad_(),
+            torch.full((channels,), zf).requires_grad_()]
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
 @pytest.mark.parametrize("qmin,qmax,zf", LSQ_CASES)
 @pytest.mark.parametrize("grad_factor", [1.0, 0.05])
-def test_lsq_matches_torch_learnable(qmin, qmax, zf, grad_factor):
+def test_lsq_matches_torch_learnable(qmin, qmax, zf, grad_factor, axis):
+    """Per tensor against torch._fake_quantize_learnable_per_tensor_affine (whose backward rounds
+    the zero point as trunc(z + 0.5)), per channel against ..._per_channel_affine (round half
+    to even in forward and backward): the zero points 2.5 and -0.3 tell the two apart."""
     for s0 in [0.01, 0.37, 2.0]:
         gen = torch.Generator().manual_seed(0)
         x = torch.cat([torch.randn(1000, generator=gen) * s0 * (qmax - qmin) / 3,
                        (torch.arange(-50, 50) + 0.5) * s0])
-        leaves = [[x.clone().requires_grad_(), torch.tensor([s0], requires_grad=True),
-                   torch.tensor([zf], requires_grad=True)] for _ in range(2)]
+        if axis is not None:
+            x = x.reshape(4, 275) if axis == 0 else x.reshape(275, 4)
+        channels = None if axis is None else x.shape[axis]
+        leaves = [_lsq_leaves(x, s0, zf, channels) for _ in range(2)]
         g = torch.randn(x.shape, generator=gen)
-        ref = torch._fake_quantize_learnable_per_tensor_affine(*leaves[0], qmin, qmax, grad_factor)
-        ours = lsq_quantize(*leaves[1], qmin, qmax, grad_factor)
+        if axis is None:
+            ref = torch._fake_quantize_learnable_per_tensor_affine(*leaves[0], qmin, qmax, grad_factor)
+        else:
+            ref = torch._fake_quantize_learnable_per_channel_affine(*leaves[0], axis, qmin, qmax, grad_factor)
+        ours = lsq_quantize(*leaves[1], qmin, qmax, grad_factor, axis=axis)
         assert torch.equal(ours, ref)
         ref.backward(g)
         ours.backward(g)
@@ -277,7 +296,7 @@ def test_sqnr_six_db_per_bit():
     (lambda: fake_quantize(torch.randn(3), 0.1, 0, 5, 5), ValueError, "quant_min < quant_max"),
     (lambda: fake_quantize(torch.arange(3), 0.1, 0, 0, 255), TypeError, "floating-point"),
     (lambda: fake_quantize(torch.randn(2, 3), torch.tensor([0.1, 0.0, 0.1]), torch.zeros(3, dtype=torch.int32),
-                           0, 255, axis=1), ValueError, "positive finite scales"),
+                           0, 255, axis=1), ValueError, "positive finite scale"),
     (lambda: fake_quantize(torch.randn(2, 3), torch.ones(2), torch.zeros(2, dtype=torch.int32), 0, 255, axis=1),
      ValueError, r"scale of shape \(3,\)"),
     (lambda: lsq_quantize(torch.randn(3), torch.tensor([-1.0]), torch.tensor([0.0]), 0, 7), ValueError,
