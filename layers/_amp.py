@@ -27,13 +27,15 @@ from torch import Tensor
 
 __all__ = ["autocast_apply", "autocast_dtype"]
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia")
+
 
 def autocast_dtype(device_type: str, policy: str) -> torch.dtype | None:
     """The dtype autocast would run an op of ``policy`` in, or ``None`` if autocast is off."""
     if policy not in ("lower", "float32"):
         raise ValueError(f"autocast policy must be 'lower' or 'float32', got {policy!r}")
-    if not torch.is_autocast_enabled(device_type):
-        return None
+    if device_type not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device_type):
+        return None                                  # off, or a device with no autocast (meta)
     return torch.get_autocast_dtype(device_type) if policy == "lower" else torch.float32
 
 

@@ -1,4 +1,9 @@
-"""torch.compile and custom ``jvp``: apply a Function so that Dynamo can trace it.
+"""torch.compile, torch.func and the layers' Functions: two small helpers.
+
+:func:`values_checkable` tells a layer whether it may run a check that reads tensor
+values (a class index in range, a positive scale): only in eager mode, on real tensors.
+
+:func:`without_jvp` and :func:`traceable` apply a Function so that Dynamo can trace it.
 
 Dynamo (torch 2.13) refuses to trace an ``autograd.Function`` that defines its own
 ``jvp`` staticmethod ("Unsupported custom jvp", a graph break), although forward
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["without_jvp", "traceable"]
+__all__ = ["without_jvp", "traceable", "values_checkable"]
 
 
 def without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
@@ -37,3 +42,16 @@ def traceable(function: type[torch.autograd.Function],
               twin: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
     """``function`` in eager mode; ``twin`` (its :func:`without_jvp`) while torch.compile traces."""
     return twin if torch.compiler.is_compiling() else function
+
+
+def values_checkable(*tensors) -> bool:
+    """Whether a check that reads tensor *values* may run on ``tensors``.
+
+    Not while torch.compile / torch.export traces (a graph break and a host sync), not
+    on tensors wrapped by torch.func transforms (vmap cannot branch on values), and
+    not on the meta device (no values). Shape, dtype and device checks need none of this.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return not any(isinstance(t, torch.Tensor) and (t.is_meta or torch._C._functorch.is_functorch_wrapped_tensor(t))
+                   for t in tensors)

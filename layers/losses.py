@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply
-from ._compile import traceable, without_jvp
+from ._compile import traceable, values_checkable, without_jvp
 from ._validation import check_same_device, check_tensor
 
 __all__ = [
@@ -80,15 +80,6 @@ def _reduce_grad(grad_out: Tensor, shape: torch.Size, reduction: str,
     if reduction == "mean":
         grad_out = grad_out / (shape.numel() if count is None else count)
     return grad_out.expand(shape)
-
-
-def _value_checks_allowed(*tensors: Tensor) -> bool:
-    """Checks that read tensor values run in eager mode only: not under torch.compile/export
-    (a graph break and a host sync) and not on functorch-wrapped tensors (vmap cannot branch
-    on values)."""
-    if torch.compiler.is_compiling():
-        return False
-    return not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def _check_constant(where: str, name: str, t: Tensor | None) -> None:
@@ -373,7 +364,7 @@ def _check_class_targets(where: str, input: Tensor, target: Tensor, ignore_index
     if tuple(target.shape) != expected:
         raise ValueError(f"{where}: expected target of shape {expected} for input of shape "
                          f"{tuple(input.shape)} (classes in dimension {_class_dim(input)}), got {tuple(target.shape)}")
-    if _value_checks_allowed(target):
+    if values_checkable(target):
         C = input.shape[_class_dim(input)]
         valid = (target >= 0) & (target < C)
         if ignore_index is not None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._amp import autocast_apply
+from .._compile import traceable, values_checkable, without_jvp
 from .._validation import check_tensor
 
 __all__ = ["quant_range", "qparams_from_range", "sqnr", "FakeQuantizeFunction",
@@ -32,29 +33,6 @@ __all__ = ["quant_range", "qparams_from_range", "sqnr", "FakeQuantizeFunction",
 
 
 # ----------------------------------------------------------------------------- checks
-def values_checkable(*tensors: Tensor) -> bool:
-    """Whether checks that read tensor values may run: eager mode, no tensor batched by vmap,
-    none on the meta device (which has no values)."""
-    if torch.compiler.is_compiling():
-        return False
-    return not any(isinstance(t, Tensor) and (t.is_meta or torch._C._functorch.is_batchedtensor(t))
-                   for t in tensors)
-
-
-def without_jvp(fn_cls: type) -> type:
-    """A twin of ``fn_cls`` without its ``jvp`` staticmethod, to use under ``torch.compile`` tracing.
-
-    Dynamo refuses to trace an ``autograd.Function`` that defines ``jvp`` (graph break
-    "Unsupported custom jvp"), and forward-mode AD does not run inside compiled code anyway.
-    The twin is a subclass with ``jvp`` reset to ``torch.autograd.Function.jvp``: the same
-    forward, setup_context, backward and vmap rule. Callers pick
-    ``twin if torch.compiler.is_compiling() else fn_cls``.
-    """
-    return type(fn_cls.__name__ + "Traced", (fn_cls,),
-                {"jvp": staticmethod(torch.autograd.Function.jvp), "__module__": fn_cls.__module__,
-                 "__doc__": f"{fn_cls.__name__} without jvp, for torch.compile tracing (see without_jvp)."})
-
-
 def check_bits(where: str, bits: int) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"{where}: expected bits to be an integer in 2..16, got {bits!r}")
@@ -367,7 +345,7 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
         check_scale_values(where, scale)
         check_zero_point_values(where, zero_point, quant_min, quant_max)
         args = (input, scale.reshape(()), zero_point.reshape(()), quant_min, quant_max)
-        fn = _FakeQuantizeTraced if torch.compiler.is_compiling() else FakeQuantizeFunction
+        fn = traceable(FakeQuantizeFunction, _FakeQuantizeTraced)
         if policy is None or input.is_meta:                           # meta: no autocast for that device
             return fn.apply(*args)[0]
         return autocast_apply(fn.apply, policy, *args)[0]
@@ -384,5 +362,5 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     check_scale_values(where, scale)
     if not zero_point.is_floating_point():
         check_zero_point_values(where, zero_point, quant_min, quant_max)
-    fn = _FakeQuantizePerChannelTraced if torch.compiler.is_compiling() else FakeQuantizePerChannelFunction
+    fn = traceable(FakeQuantizePerChannelFunction, _FakeQuantizePerChannelTraced)
     return fn.apply(input, scale, zero_point, axis, quant_min, quant_max)[0]

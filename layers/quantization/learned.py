@@ -19,10 +19,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._compile import traceable, values_checkable, without_jvp
 from .._validation import check_tensor
 from .fake import (check_scale_values,
                    check_zero_point_values, check_bits, check_finite, check_qrange, qparams_from_range,
-                   quant_range, values_checkable, without_jvp)
+                   quant_range)
 
 __all__ = ["LSQFunction", "PACTFunction", "lsq_quantize", "pact_quantize", "LSQQuantizer", "PACTQuantizer"]
 
@@ -223,7 +224,7 @@ def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: in
     check_zero_point_values(where, zero_point, quant_min, quant_max, integer=False)
     if isinstance(grad_factor, Tensor):
         grad_factor = grad_factor.item()
-    fn = _LSQTraced if torch.compiler.is_compiling() else LSQFunction
+    fn = traceable(LSQFunction, _LSQTraced)
     return fn.apply(input, scale, zero_point, quant_min, quant_max, float(grad_factor), axis)
 
 
@@ -309,7 +310,7 @@ def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
     check_bits(where, bits)
     if values_checkable(alpha) and not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
         raise ValueError(f"{where}: expected a positive finite alpha, got {alpha.detach().reshape(()).item()}")
-    fn = _PACTTraced if torch.compiler.is_compiling() else PACTFunction
+    fn = traceable(PACTFunction, _PACTTraced)
     return fn.apply(input, alpha, bits)
 
 

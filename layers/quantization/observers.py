@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_tensor
-from .fake import check_bits, check_finite, fake_quantize, qparams_from_range, quant_range, values_checkable
+from .._compile import values_checkable
+from .fake import check_bits, check_finite, fake_quantize, qparams_from_range, quant_range
 
 __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "MSEObserver", "mse_clip_search"]
 

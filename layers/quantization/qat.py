@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from ..conv import Conv2d, conv2d
 from ..linear import Linear, linear
-from .fake import check_bits, fake_quantize, quant_range, values_checkable
+from .._compile import values_checkable
+from .fake import check_bits, fake_quantize, quant_range
 from .learned import LSQQuantizer, PACTQuantizer
 from .observers import make_observer
 
