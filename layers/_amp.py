@@ -12,7 +12,7 @@ Function, what autocast would have done to the equivalent torch op:
     ops that lose accuracy in low precision (norms, softmax / log-softmax, losses):
     the floating inputs are cast to float32, and the op runs and returns in float32.
 
-Inside, autocast is switched off, so the Function's own matmuls are not cast again;
+As in torch, float64 tensors are never cast. Inside, autocast is switched off, so the Function's own matmuls are not cast again;
 the Function then sees inputs of one dtype, as in eager float32 code.
 
 Outside autocast :func:`autocast_apply` only calls the Function: no cast, no copy.
@@ -39,13 +39,19 @@ def autocast_dtype(device_type: str, policy: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type) if policy == "lower" else torch.float32
 
 
+def _eligible(a) -> bool:
+    """What autocast casts: floating-point tensors other than float64 (autocast leaves float64 alone)."""
+    return isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+
+
 def autocast_apply(fn: Callable, policy: str, *args):
     """Call ``fn(*args)`` as autocast would call a torch op of the given policy.
 
     Args:
         fn: usually ``SomeFunction.apply``.
         policy: ``"lower"`` or ``"float32"`` (see the module docstring).
-        *args: the arguments; floating-point tensors among them are cast.
+        *args: the arguments; floating-point tensors among them are cast, except
+            float64 ones, which autocast never casts.
 
     Returns:
         Whatever ``fn`` returns.
@@ -54,6 +60,6 @@ def autocast_apply(fn: Callable, policy: str, *args):
     dtype = None if device is None else autocast_dtype(device.type, policy)
     if dtype is None:
         return fn(*args)
-    args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+    args = tuple(a.to(dtype) if _eligible(a) else a for a in args)
     with torch.autocast(device.type, enabled=False):
         return fn(*args)
