@@ -19,10 +19,13 @@ Function                       forward                          backward
 :class:`ScatterToParallel`     keep this rank's slice           all-gather the last dimension
 =============================  ===============================  ===============================
 
-Double backward through the collectives is not supported across processes
-(``torch.distributed`` collectives are not recorded by autograd); at world
-size 1 they are plain copies and slices, so the layers are twice
-differentiable there, which is what the single-process tests check.
+Each backward is another of the four Functions (the transpose of an
+all-reduce-in-forward is an identity-in-forward, and so on), so the
+backward is itself differentiable and double backward works across
+processes too. Each has a ``jvp`` (forward-mode: the tangent goes through
+the same collective as the value) and an explicit ``vmap`` rule (the
+collective runs once on the whole batch). At world size 1 they are plain
+views, copies and slices.
 
 The layers call :func:`layers.linear.linear` for the local matrix product, so
 the gradients of the shards come from the hand-written
@@ -45,6 +48,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from ._amp import autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
 from .activations import ReLU, relu
 from .linear import Linear, linear
@@ -98,16 +102,29 @@ def _my_slice_last(x: Tensor) -> Tensor:
     return x[..., rank * n:(rank + 1) * n].contiguous()      # (*, n)
 
 
+def _batched_apply(fn: Callable, in_dims: tuple, x: Tensor) -> tuple[Tensor, int | None]:
+    """vmap rule of a collective: run it once on the whole batch (batch moved to dim 0).
+
+    Each sample's collective is the same collective on a slice, so one call on
+    the batched tensor does them all (a collective cannot run on vmap's
+    per-sample wrappers).
+    """
+    if in_dims[0] is None:
+        return fn(x), None
+    return fn(x.movedim(in_dims[0], 0)), 0
+
+
 class CopyToParallel(torch.autograd.Function):
     r"""Megatron's :math:`f`: identity in forward, all-reduce of the gradient in backward.
 
     Put before a column-parallel layer: every rank uses the same input, so the
-    input's gradient is the sum of the ranks' partial gradients.
+    input's gradient is the sum of the ranks' partial gradients:
+    :math:`\partial x = \sum_p g_p`. Forward-mode: :math:`\dot y = \dot x`.
     """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return x.view_as(x)
+        return x.view_as(x)                                    # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -115,19 +132,30 @@ class CopyToParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return _all_reduce(grad_out)
+        dx = ReduceFromParallel.apply(grad_out)                # (*) sum over ranks
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return x_t.view_as(x_t)                                # (*)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(CopyToParallel.apply, in_dims, x)
 
 
 class ReduceFromParallel(torch.autograd.Function):
     r"""Megatron's :math:`g`: all-reduce in forward, identity in backward.
 
     Put after a row-parallel layer: the ranks' partial products add up to the
-    output, and the output's gradient reaches every partial product unchanged.
+    output, :math:`y = \sum_p x_p`, and the output's gradient (the same on
+    every rank) reaches every partial product unchanged: :math:`\partial x_p = g`.
+    Forward-mode: :math:`\dot y = \sum_p \dot x_p`.
     """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return _all_reduce(x)
+        return _all_reduce(x)                                  # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -135,11 +163,24 @@ class ReduceFromParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return grad_out
+        dx = CopyToParallel.apply(grad_out)                    # (*)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return _all_reduce(x_t)                                # (*)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(ReduceFromParallel.apply, in_dims, x)
 
 
 class GatherFromParallel(torch.autograd.Function):
-    """All-gather along the last dimension in forward; keep this rank's slice of the gradient in backward."""
+    r"""All-gather along the last dimension in forward; keep this rank's slice of the gradient in backward.
+
+    :math:`y = [x_0, \dots, x_{P-1}]`, :math:`\partial x_p = g[..., p n:(p+1) n]`;
+    forward-mode gathers the tangents.
+    """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -151,11 +192,24 @@ class GatherFromParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return _my_slice_last(grad_out)                        # (*, P n) -> (*, n)
+        dx = ScatterToParallel.apply(grad_out)                 # (*, P n) -> (*, n)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return _all_gather_last(x_t)                           # (*, n) -> (*, P n)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(GatherFromParallel.apply, in_dims, x)
 
 
 class ScatterToParallel(torch.autograd.Function):
-    """Keep this rank's slice of the last dimension in forward; all-gather the gradient in backward."""
+    r"""Keep this rank's slice of the last dimension in forward; all-gather the gradient in backward.
+
+    :math:`y = x[..., p n:(p+1) n]`, :math:`\partial x = [g_0, \dots, g_{P-1}]`;
+    forward-mode slices the tangent.
+    """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -167,7 +221,16 @@ class ScatterToParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return _all_gather_last(grad_out)                      # (*, n) -> (*, P n)
+        dx = GatherFromParallel.apply(grad_out)                # (*, n) -> (*, P n)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return _my_slice_last(x_t)                             # (*, P n) -> (*, n)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(ScatterToParallel.apply, in_dims, x)
 
 
 def _shard_size(where: str, features: int, world: int, what: str) -> int:
@@ -176,11 +239,12 @@ def _shard_size(where: str, features: int, world: int, what: str) -> int:
     return features // world
 
 
-def _allocate(layer: nn.Module, weight_shape: tuple[int, int], bias_size: int | None) -> None:
+def _allocate(layer: nn.Module, weight_shape: tuple[int, int], bias_size: int | None,
+              device=None, dtype=None) -> None:
     """Give a shard its ``weight`` (and ``bias``, or a registered ``None``), then initialize them."""
-    layer.weight = nn.Parameter(torch.empty(weight_shape))
+    layer.weight = nn.Parameter(torch.empty(weight_shape, device=device, dtype=dtype))
     if bias_size is not None:
-        layer.bias = nn.Parameter(torch.empty(bias_size))
+        layer.bias = nn.Parameter(torch.empty(bias_size, device=device, dtype=dtype))
     else:
         layer.register_parameter("bias", None)
     layer.reset_parameters()
@@ -211,6 +275,7 @@ class ColumnParallelLinear(nn.Module):
         gather_output: all-gather the output so every rank holds all
             ``out_features``; if ``False`` each rank keeps its ``out/P`` slice
             (what a following :class:`RowParallelLinear` wants).
+        device, dtype: where and in which dtype to create the shard.
 
     Shape:
         - Input: :math:`(*, H_{in})`, the same on every rank.
@@ -227,13 +292,13 @@ class ColumnParallelLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 gather_output: bool = True) -> None:
+                 gather_output: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.rank, self.world_size = _world()
         self.in_features, self.out_features = in_features, out_features
         self.gather_output = gather_output
         local = _shard_size("ColumnParallelLinear", out_features, self.world_size, "out_features")
-        _allocate(self, (local, in_features), local if bias else None)   # this rank's rows
+        _allocate(self, (local, in_features), local if bias else None, device, dtype)   # this rank's rows
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching rows of an ``nn.Linear`` initialization would be."""
@@ -249,11 +314,12 @@ class ColumnParallelLinear(nn.Module):
             self.bias.copy_(full.bias[rows])
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "ColumnParallelLinear", min_ndim=1, size={-1: self.in_features})
-        check_same_dtype("ColumnParallelLinear", x, self.weight)
-        check_same_device("ColumnParallelLinear", x, self.weight)
-        x = CopyToParallel.apply(x)                            # backward: all-reduce dX
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "ColumnParallelLinear", min_ndim=1, size={-1: self.in_features})
+        if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
+            check_same_dtype("ColumnParallelLinear", input, self.weight)
+        check_same_device("ColumnParallelLinear", input, self.weight)
+        x = CopyToParallel.apply(input)                            # backward: all-reduce dX
         y = linear(x, self.weight, self.bias)                  # (*, out/P)
         return GatherFromParallel.apply(y) if self.gather_output else y
 
@@ -279,6 +345,7 @@ class RowParallelLinear(nn.Module):
             output of a :class:`ColumnParallelLinear` with
             ``gather_output=False``); if ``False`` the full input is sliced here
             with :class:`ScatterToParallel`.
+        device, dtype: where and in which dtype to create the shard.
 
     Shape:
         - Input: :math:`(*, H_{in}/P)` if ``input_is_parallel`` else :math:`(*, H_{in})`.
@@ -295,13 +362,14 @@ class RowParallelLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 input_is_parallel: bool = True) -> None:
+                 input_is_parallel: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.rank, self.world_size = _world()
         self.in_features, self.out_features = in_features, out_features
         self.input_is_parallel = input_is_parallel
         self.local_in = _shard_size("RowParallelLinear", in_features, self.world_size, "in_features")
-        _allocate(self, (out_features, self.local_in), out_features if bias else None)   # its columns
+        _allocate(self, (out_features, self.local_in), out_features if bias else None,
+                  device, dtype)   # its columns
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching columns of an ``nn.Linear`` initialization would be."""
@@ -316,16 +384,16 @@ class RowParallelLinear(nn.Module):
             self.bias.copy_(full.bias)
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         expected = self.local_in if self.input_is_parallel else self.in_features
-        check_tensor(x, "RowParallelLinear", min_ndim=1, size={-1: expected})
-        check_same_dtype("RowParallelLinear", x, self.weight)
-        check_same_device("RowParallelLinear", x, self.weight)
-        if not self.input_is_parallel:
-            x = ScatterToParallel.apply(x)                     # (*, in) -> (*, in/P)
+        check_tensor(input, "RowParallelLinear", min_ndim=1, size={-1: expected})
+        if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
+            check_same_dtype("RowParallelLinear", input, self.weight)
+        check_same_device("RowParallelLinear", input, self.weight)
+        x = input if self.input_is_parallel else ScatterToParallel.apply(input)   # (*, in/P)
         partial = linear(x, self.weight, None)                 # (*, in/P) @ (in/P, out) -> (*, out)
-        y = ReduceFromParallel.apply(partial)                  # sum over ranks
-        return y if self.bias is None else y + self.bias
+        y = ReduceFromParallel.apply(partial)                  # (*, out), sum over ranks
+        return y if self.bias is None else y + self.bias.to(y.dtype)   # bias cast only under autocast
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
