@@ -31,6 +31,19 @@ The layers call :func:`layers.linear.linear` for the local matrix product, so
 the gradients of the shards come from the hand-written
 :class:`~layers.linear.LinearFunction`. :func:`launch` starts ``P`` CPU
 processes with the gloo backend (for the tests and the chapter).
+
+PyTorch's own engines take the package's layers too, and the per-process
+checks below compare each with one process:
+
+- :func:`dtensor_parallel_check`: ``parallelize_module`` with torch's
+  ``ColwiseParallel`` / ``RowwiseParallel`` on an MLP of
+  :class:`~layers.linear.Linear` (an ``nn.Linear`` subclass, so the plan
+  accepts it). The same math as the Megatron layers here, but the shards are
+  ``DTensor`` parameters and the collectives are chosen by DTensor's sharding
+  rules instead of being written out as the four Functions above.
+- :func:`fsdp_check`: FSDP2's ``fully_shard`` on a model of Conv2d,
+  BatchNorm2d, ReLU, LayerNorm, MultiHeadAttention, Linear and GELU: each rank
+  stores half of every parameter and all-gathers it for forward and backward.
 """
 
 from __future__ import annotations
@@ -50,8 +63,11 @@ from torch import Tensor, nn
 
 from ._amp import autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
-from .activations import ReLU, relu
+from .activations import GELU, ReLU, relu
+from .attention import MultiHeadAttention
+from .conv import Conv2d
 from .linear import Linear, linear
+from .normalization import BatchNorm2d, LayerNorm
 
 __all__ = [
     "CopyToParallel",
@@ -65,6 +81,9 @@ __all__ = [
     "tensor_parallel_check",
     "ddp_step_check",
     "parallel_checks",
+    "dtensor_parallel_check",
+    "fsdp_check",
+    "distributed_checks",
 ]
 
 
@@ -583,3 +602,134 @@ def parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, dict
     """Both :func:`tensor_parallel_check` and :func:`ddp_step_check` in one launch (one process start-up)."""
     return {"tensor parallel": tensor_parallel_check(rank, world_size, seed),
             "data parallel": ddp_step_check(rank, world_size, seed)}
+
+
+# ---------------------------------------------------------------- torch's own engines
+def _backward_nodes(t: Tensor) -> set[str]:
+    """Names of every autograd node that produced ``t`` (to see which Functions ran)."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def _grad_errors(model: nn.Module, reference: nn.Module) -> dict[str, float]:
+    """Max abs difference of each parameter's gradient (a DTensor's is gathered first)."""
+    errors = {}
+    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters()):
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        errors[f"grad {name}"] = _max_err(grad, p_ref.grad)
+    return errors
+
+
+def dtensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
+    """DTensor tensor parallelism on a ``layers`` MLP against the same MLP in one process.
+
+    Run under :func:`launch`. Every rank builds ``Linear(8, 16) -> ReLU ->
+    Linear(16, 4)`` (same seed) and a copy; the model is parallelized with
+    ``parallelize_module(model, mesh, {"0": ColwiseParallel(), "2":
+    RowwiseParallel()})``, so its weights become ``DTensor`` shards (rows of the
+    first, columns of the second) and :class:`~layers.linear.LinearFunction`
+    runs on them. Both copies see the same batch.
+
+    Returns:
+        ``{"loss", "grad <name>", "ours ran", "sharded"}``: max abs differences
+        of the loss and of each full gradient; ``"ours ran"`` is 0 when the
+        autograd graph contains ``LinearFunctionBackward`` (else 1), and
+        ``"sharded"`` is 0 when the weights are DTensors holding
+        ``1 / world_size`` of the rows / columns.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    torch.manual_seed(seed)                                    # the same on every rank
+    model = nn.Sequential(Linear(8, 16), ReLU(), Linear(16, 4))
+    reference = copy.deepcopy(model)
+    x, target = torch.randn(6, 8), torch.randn(6, 4)
+    mesh = init_device_mesh("cpu", (world_size,))
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+    loss = nn.functional.mse_loss(model(x), target)
+    loss.backward()
+    loss_ref = nn.functional.mse_loss(reference(x), target)
+    loss_ref.backward()
+    w1, w2 = model[0].weight, model[2].weight
+    sharded = (isinstance(w1, DTensor) and w1.to_local().shape == (16 // world_size, 8)
+               and isinstance(w2, DTensor) and w2.to_local().shape == (4, 16 // world_size))
+    return {"loss": _max_err(loss, loss_ref), **_grad_errors(model, reference),
+            "ours ran": float("LinearFunctionBackward" not in _backward_nodes(loss)),
+            "sharded": float(not sharded)}
+
+
+class _FSDPNet(nn.Module):
+    """Conv2d -> BatchNorm2d -> ReLU, then the pixels as tokens: LayerNorm -> attention -> MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = Conv2d(3, 8, 3, padding=1)
+        self.bn = BatchNorm2d(8)
+        self.act = ReLU()
+        self.norm = LayerNorm(8)
+        self.attn = MultiHeadAttention(8, 2)
+        self.fc1 = Linear(8, 16)
+        self.gelu = GELU()
+        self.fc2 = Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.bn(self.conv(x)))                    # (B, 8, H, W)
+        h = self.norm(h.flatten(2).transpose(1, 2))            # (B, H W, 8): pixels as tokens
+        h = h + self.attn(h, h, h)[0]                          # (B, H W, 8)
+        return self.fc2(self.gelu(self.fc1(h))).mean(1)        # (B, 3)
+
+
+def fsdp_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
+    """FSDP2 (``fully_shard``) on a model of ``layers`` against the same model in one process.
+
+    Run under :func:`launch`. Every rank builds the same model (Conv2d,
+    BatchNorm2d, ReLU, LayerNorm, MultiHeadAttention, Linear, GELU) and the same
+    global batch of 4 images; ``fully_shard`` is applied to each layer with
+    parameters and to the root, so each rank stores half of every parameter.
+    The sharded model trains on this rank's ``4 / world_size`` images and FSDP
+    averages the gradients; the reference averages the losses of the same
+    shards in one process (batch norm sees each shard's statistics in both).
+
+    Returns:
+        ``{"loss", "grad <name>", "sharded"}``: max abs differences of the loss
+        averaged over ranks and of each full gradient; ``"sharded"`` is 0 when
+        every parameter is a DTensor holding part of the tensor.
+    """
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.manual_seed(seed)
+    model = _FSDPNet()
+    reference = copy.deepcopy(model)
+    x, target = torch.randn(4, 3, 4, 4), torch.randn(4, 3)
+    per_rank = len(x) // world_size
+    for layer in (model.conv, model.bn, model.norm, model.attn, model.fc1, model.fc2):
+        fully_shard(layer)
+    fully_shard(model)
+
+    shard = slice(rank * per_rank, (rank + 1) * per_rank)
+    loss = nn.functional.mse_loss(model(x[shard]), target[shard])
+    loss.backward()                                            # FSDP reduce-scatters (averages) the gradients
+    mean_loss = _all_reduce(loss.detach()) / world_size
+    loss_ref = sum(nn.functional.mse_loss(reference(x[r * per_rank:(r + 1) * per_rank]),
+                                          target[r * per_rank:(r + 1) * per_rank])
+                   for r in range(world_size)) / world_size
+    loss_ref.backward()
+    sharded = all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in model.parameters())
+    return {"loss": _max_err(mean_loss, loss_ref), **_grad_errors(model, reference),
+            "sharded": float(not sharded)}
+
+
+def distributed_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """:func:`fsdp_check` and :func:`dtensor_parallel_check` in one launch (one process start-up)."""
+    return {"fsdp": fsdp_check(rank, world_size, seed),
+            "dtensor tensor parallel": dtensor_parallel_check(rank, world_size, seed)}
