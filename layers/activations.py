@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
+from .linear import compilable_apply
 
 __all__ = [
     "ReLUFunction", "SigmoidFunction", "TanhFunction", "GELUFunction", "PReLUFunction",
@@ -91,6 +92,9 @@ class ReLUFunction(torch.autograd.Function):
         return x_t * (y > 0).to(x_t.dtype)                     # (*)
 
 
+_relu_apply = compilable_apply(ReLUFunction)
+
+
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """Rectified linear unit, ``max(0, input)`` elementwise, via :class:`ReLUFunction`.
 
@@ -101,7 +105,7 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """
     _refuse_inplace("relu", inplace)
     check_tensor(input, "relu")
-    return ReLUFunction.apply(input)
+    return _relu_apply(input)
 
 
 # -------------------------------------------------------------------------- Sigmoid
@@ -137,10 +141,13 @@ class SigmoidFunction(torch.autograd.Function):
         return (_wide(x_t) * y * (1 - y)).to(x_t.dtype)        # (*)
 
 
+_sigmoid_apply = compilable_apply(SigmoidFunction)
+
+
 def sigmoid(input: Tensor) -> Tensor:
     """Logistic sigmoid elementwise, via :class:`SigmoidFunction`. Any shape."""
     check_tensor(input, "sigmoid")
-    return SigmoidFunction.apply(input)
+    return _sigmoid_apply(input)
 
 
 # ----------------------------------------------------------------------------- Tanh
@@ -175,10 +182,13 @@ class TanhFunction(torch.autograd.Function):
         return (_wide(x_t) * (1 - y * y)).to(x_t.dtype)        # (*)
 
 
+_tanh_apply = compilable_apply(TanhFunction)
+
+
 def tanh(input: Tensor) -> Tensor:
     """Hyperbolic tangent elementwise, via :class:`TanhFunction`. Any shape."""
     check_tensor(input, "tanh")
-    return TanhFunction.apply(input)
+    return _tanh_apply(input)
 
 
 # ----------------------------------------------------------------------------- GELU
@@ -243,6 +253,9 @@ class GELUFunction(torch.autograd.Function):
         return y_t.to(x_t.dtype)
 
 
+_gelu_apply = compilable_apply(GELUFunction)
+
+
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """GELU elementwise via :class:`GELUFunction`. Any shape.
 
@@ -254,7 +267,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: expected approximate to be 'none' or 'tanh', got {approximate!r}")
     check_tensor(input, "gelu")
-    return GELUFunction.apply(input, approximate)
+    return _gelu_apply(input, approximate)
 
 
 # ---------------------------------------------------------------------------- PReLU
@@ -328,6 +341,9 @@ class PReLUFunction(torch.autograd.Function):
         return torch.where(x > 0, positive, negative)           # (N, C, *)
 
 
+_prelu_apply = compilable_apply(PReLUFunction)
+
+
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """Functional PReLU via :class:`PReLUFunction`, as :func:`torch.nn.functional.prelu`.
 
@@ -338,7 +354,7 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
         weight: the slopes, ``(C,)``, ``(1,)`` or 0-dim.
     """
     _check_prelu_input("prelu", input, weight)
-    return autocast_apply(PReLUFunction.apply, "lower", input, weight)
+    return autocast_apply(_prelu_apply, "lower", input, weight)
 
 
 def _check_prelu_input(where: str, x: Tensor, weight: Tensor) -> None:
@@ -381,7 +397,7 @@ class ReLU(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         check_tensor(input, "ReLU")
-        return ReLUFunction.apply(input)
+        return _relu_apply(input)
 
 
 class Sigmoid(nn.Module):
@@ -389,7 +405,7 @@ class Sigmoid(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         check_tensor(input, "Sigmoid")
-        return SigmoidFunction.apply(input)
+        return _sigmoid_apply(input)
 
 
 class Tanh(nn.Module):
@@ -397,7 +413,7 @@ class Tanh(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         check_tensor(input, "Tanh")
-        return TanhFunction.apply(input)
+        return _tanh_apply(input)
 
 
 class GELU(nn.Module):
@@ -417,7 +433,7 @@ class GELU(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         check_tensor(input, "GELU")
-        return GELUFunction.apply(input, self.approximate)
+        return _gelu_apply(input, self.approximate)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -460,7 +476,7 @@ class PReLU(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_prelu_input("PReLU", input, self.weight)
-        return autocast_apply(PReLUFunction.apply, "lower", input, self.weight)
+        return autocast_apply(_prelu_apply, "lower", input, self.weight)
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}, init={self.init}"

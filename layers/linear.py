@@ -6,13 +6,36 @@ Taught in the chapter "Writing a backward pass" (``book/backward_pass.ipynb``);
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
 
-__all__ = ["LinearFunction", "Linear", "linear"]
+__all__ = ["LinearFunction", "Linear", "linear", "compilable_apply"]
+
+
+def compilable_apply(function: type[torch.autograd.Function]) -> Callable:
+    """``function.apply``, made traceable by torch.compile for a Function that has a ``jvp``.
+
+    torch.compile (Dynamo) refuses to trace an ``autograd.Function`` that defines
+    ``jvp`` when a gradient is needed (a graph break, "Unsupported custom jvp";
+    pytorch/pytorch#118397), while ``torch.func.jvp`` needs the ``jvp``. So while
+    Dynamo traces, the returned function applies a twin: a subclass with the same
+    name, forward, setup_context and backward, and ``jvp`` reset to
+    ``Function.jvp`` (which Dynamo accepts). In eager mode it is ``function.apply``.
+    """
+    twin = type(function.__name__, (function,), {
+        "jvp": staticmethod(torch.autograd.Function.jvp), "__module__": function.__module__,
+        "__doc__": f"{function.__name__} without its jvp, applied while torch.compile traces."})
+
+    def apply(*args):
+        return (twin if torch.compiler.is_compiling() else function).apply(*args)
+
+    apply.__name__ = apply.__qualname__ = f"{function.__name__}.apply"
+    return apply
 
 
 class LinearFunction(torch.autograd.Function):
@@ -80,6 +103,9 @@ class LinearFunction(torch.autograd.Function):
         return y_t
 
 
+_linear_apply = compilable_apply(LinearFunction)
+
+
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Functional form of :class:`Linear`: ``input @ weight.T + bias`` via :class:`LinearFunction`.
 
@@ -95,7 +121,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         Tensor of shape ``(*, out_features)``.
     """
     _check_input("linear", input, weight, bias)
-    return autocast_apply(LinearFunction.apply, "lower", input, weight, bias)
+    return autocast_apply(_linear_apply, "lower", input, weight, bias)
 
 
 def _check_input(where: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -167,4 +193,4 @@ class Linear(nn.Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_input("Linear", input, self.weight, self.bias)
-        return autocast_apply(LinearFunction.apply, "lower", input, self.weight, self.bias)
+        return autocast_apply(_linear_apply, "lower", input, self.weight, self.bias)

@@ -66,7 +66,7 @@ from ._validation import check_same_device, check_same_dtype, check_tensor
 from .activations import GELU, ReLU, relu
 from .attention import MultiHeadAttention
 from .conv import Conv2d
-from .linear import Linear, linear
+from .linear import Linear, compilable_apply, linear
 from .normalization import BatchNorm2d, LayerNorm
 
 __all__ = [
@@ -151,7 +151,7 @@ class CopyToParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        dx = ReduceFromParallel.apply(grad_out)                # (*) sum over ranks
+        dx = _reduce_apply(grad_out)                 # (*) sum over ranks
         return dx
 
     @staticmethod
@@ -160,7 +160,10 @@ class CopyToParallel(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x):
-        return _batched_apply(CopyToParallel.apply, in_dims, x)
+        return _batched_apply(_copy_apply, in_dims, x)
+
+
+_copy_apply = compilable_apply(CopyToParallel)
 
 
 class ReduceFromParallel(torch.autograd.Function):
@@ -182,7 +185,7 @@ class ReduceFromParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        dx = CopyToParallel.apply(grad_out)                    # (*)
+        dx = _copy_apply(grad_out)                 # (*)
         return dx
 
     @staticmethod
@@ -191,7 +194,10 @@ class ReduceFromParallel(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x):
-        return _batched_apply(ReduceFromParallel.apply, in_dims, x)
+        return _batched_apply(_reduce_apply, in_dims, x)
+
+
+_reduce_apply = compilable_apply(ReduceFromParallel)
 
 
 class GatherFromParallel(torch.autograd.Function):
@@ -211,7 +217,7 @@ class GatherFromParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        dx = ScatterToParallel.apply(grad_out)                 # (*, P n) -> (*, n)
+        dx = _scatter_apply(grad_out)                 # (*, P n) -> (*, n)
         return dx
 
     @staticmethod
@@ -220,7 +226,10 @@ class GatherFromParallel(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x):
-        return _batched_apply(GatherFromParallel.apply, in_dims, x)
+        return _batched_apply(_gather_apply, in_dims, x)
+
+
+_gather_apply = compilable_apply(GatherFromParallel)
 
 
 class ScatterToParallel(torch.autograd.Function):
@@ -240,7 +249,7 @@ class ScatterToParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        dx = GatherFromParallel.apply(grad_out)                # (*, n) -> (*, P n)
+        dx = _gather_apply(grad_out)                 # (*, n) -> (*, P n)
         return dx
 
     @staticmethod
@@ -249,7 +258,10 @@ class ScatterToParallel(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x):
-        return _batched_apply(ScatterToParallel.apply, in_dims, x)
+        return _batched_apply(_scatter_apply, in_dims, x)
+
+
+_scatter_apply = compilable_apply(ScatterToParallel)
 
 
 def _shard_size(where: str, features: int, world: int, what: str) -> int:
@@ -338,9 +350,9 @@ class ColumnParallelLinear(nn.Module):
         if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
             check_same_dtype("ColumnParallelLinear", input, self.weight)
         check_same_device("ColumnParallelLinear", input, self.weight)
-        x = CopyToParallel.apply(input)                            # backward: all-reduce dX
+        x = _copy_apply(input)                            # backward: all-reduce dX
         y = linear(x, self.weight, self.bias)                  # (*, out/P)
-        return GatherFromParallel.apply(y) if self.gather_output else y
+        return _gather_apply(y) if self.gather_output else y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -409,9 +421,9 @@ class RowParallelLinear(nn.Module):
         if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
             check_same_dtype("RowParallelLinear", input, self.weight)
         check_same_device("RowParallelLinear", input, self.weight)
-        x = input if self.input_is_parallel else ScatterToParallel.apply(input)   # (*, in/P)
+        x = input if self.input_is_parallel else _scatter_apply(input)   # (*, in/P)
         partial = linear(x, self.weight, None)                 # (*, in/P) @ (in/P, out) -> (*, out)
-        y = ReduceFromParallel.apply(partial)                  # (*, out), sum over ranks
+        y = _reduce_apply(partial)                  # (*, out), sum over ranks
         return y if self.bias is None else y + self.bias.to(y.dtype)   # bias cast only under autocast
 
     def extra_repr(self) -> str:

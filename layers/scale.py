@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
+from .linear import compilable_apply
 
 __all__ = ["ScaleFunction", "Scale"]
 
@@ -57,6 +58,9 @@ class ScaleFunction(torch.autograd.Function):
         return y_t
 
 
+_scale_apply = compilable_apply(ScaleFunction)
+
+
 class Scale(nn.Module):
     r"""Multiplies the input by one learnable scalar: :math:`y = s\,x`.
 
@@ -95,7 +99,7 @@ class Scale(nn.Module):
         if autocast_dtype(input.device.type, "float32") is None:   # under autocast both are cast
             check_same_dtype("Scale", input, self.weight)
         check_same_device("Scale", input, self.weight)
-        return autocast_apply(ScaleFunction.apply, "float32", input, self.weight)
+        return autocast_apply(_scale_apply, "float32", input, self.weight)
 
     def extra_repr(self) -> str:
         return f"init={self.init}"
