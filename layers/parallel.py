@@ -511,9 +511,13 @@ def tensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str
     ``gather_output=True`` and a lone ``RowParallelLinear`` with
     ``input_is_parallel=False``.
 
+    It also differentiates the MLP's input gradient again (``create_graph=True``),
+    which runs the Functions' backwards backward, across the processes.
+
     Returns:
-        ``{quantity: max abs difference}`` for outputs, input gradients and this
-        rank's slices of the weight and bias gradients.
+        ``{quantity: max abs difference}`` for outputs, input gradients, this
+        rank's slices of the weight and bias gradients, and the double-backward
+        weight gradients.
     """
     torch.manual_seed(seed)                                    # the same on every rank
     fc1, fc2 = Linear(8, 16), Linear(16, 4)
@@ -538,6 +542,15 @@ def tensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str
         "row grad weight": _max_err(row.weight.grad, fc2.weight.grad[:, cols]),
         "row grad bias": _max_err(row.bias.grad, fc2.bias.grad),
     }
+
+    # double backward through the collectives: d/dW of (dL/dx . v), across processes
+    v = torch.randn(6, 8)
+    fc1.zero_grad(), fc2.zero_grad(), col.zero_grad(), row.zero_grad()
+    for model, x_in in ((lambda t: fc2(relu(fc1(t))), x_ref), (lambda t: row(relu(col(t))), x_par)):
+        (dx,) = torch.autograd.grad(model(x_in), x_in, g, create_graph=True)
+        (dx * v).sum().backward()
+    errors["double backward grad column weight"] = _max_err(col.weight.grad, fc1.weight.grad[rows])
+    errors["double backward grad row weight"] = _max_err(row.weight.grad, fc2.weight.grad[:, cols])
 
     # each layer on its own, with the other communication pattern
     fc1.zero_grad()
