@@ -194,14 +194,14 @@ def tanh(input: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- GELU
 def _gelu_derivative(x: Tensor, approximate: str) -> Tensor:
     r""":math:`y'(x)` of GELU (see :class:`GELUFunction`), in differentiable ops. Shape of ``x``."""
-    if approximate == "tanh":
-        x2 = x * x                                                     # (*)
-        t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_TANH_C * x2))  # (*) tanh u
-        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x2)             # (*) du/dx
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du              # (*)
-    cdf = torch.special.ndtr(x)                                        # (*) Phi(x)
-    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)                      # (*) phi(x)
-    return cdf + x * pdf                                               # (*) Phi(x) + x phi(x)
+    if approximate == "none":
+        cdf = torch.special.ndtr(x)                                    # (*) Phi(x)
+        pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)                  # (*) phi(x)
+        return cdf + x * pdf                                           # (*) Phi(x) + x phi(x)
+    x2 = x * x                                                         # (*)
+    t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_TANH_C * x2))      # (*) tanh u
+    du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x2)                 # (*) du/dx
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du                  # (*)
 
 
 class GELUFunction(torch.autograd.Function):
@@ -226,11 +226,11 @@ class GELUFunction(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, approximate: str) -> Tensor:
         xw = _wide(x)                                                  # (*), float32 if reduced
-        if approximate == "tanh":
+        if approximate == "none":
+            y = xw * torch.special.ndtr(xw)                            # (*) x Phi(x)
+        else:
             u = _SQRT_2_OVER_PI * xw * (1 + _GELU_TANH_C * xw * xw)    # (*) sqrt(2/pi) (x + 0.044715 x^3)
             y = 0.5 * xw * (1 + torch.tanh(u))                         # (*)
-        else:
-            y = xw * torch.special.ndtr(xw)                            # (*) x Phi(x)
         return y.to(x.dtype)
 
     @staticmethod
@@ -362,9 +362,9 @@ def _check_prelu_input(where: str, x: Tensor, weight: Tensor) -> None:
     check_tensor(weight, where, "weight")
     if weight.dim() > 1:
         raise ValueError(f"{where}: expected weight with at most 1 dimension, got shape {tuple(weight.shape)}")
+    check_same_device(where, x, weight)
     if autocast_dtype(x.device.type, "lower") is None:          # under autocast both are cast
         check_same_dtype(where, x, weight)
-    check_same_device(where, x, weight)
     channels = weight.numel()
     if channels != 1:
         if x.dim() < 2:                                         # as torch: no channel dim below 2-D

@@ -136,9 +136,9 @@ def _check_input(where: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> 
         check_tensor(bias, where, "bias")
         if bias.shape not in ((weight.shape[0],), ()):
             raise ValueError(f"{where}: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    check_same_device(where, x, weight)
     if autocast_dtype(x.device.type, "lower") is None:        # under autocast all are cast
         check_same_dtype(where, x, weight)
-    check_same_device(where, x, weight)
 
 
 class Linear(nn.Linear):

@@ -347,9 +347,9 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         check_tensor(input, "ColumnParallelLinear", min_ndim=1, size={-1: self.in_features})
+        check_same_device("ColumnParallelLinear", input, self.weight)
         if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
             check_same_dtype("ColumnParallelLinear", input, self.weight)
-        check_same_device("ColumnParallelLinear", input, self.weight)
         x = _copy_apply(input)                            # backward: all-reduce dX
         y = linear(x, self.weight, self.bias)                  # (*, out/P)
         return _gather_apply(y) if self.gather_output else y
@@ -418,9 +418,9 @@ class RowParallelLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         expected = self.local_in if self.input_is_parallel else self.in_features
         check_tensor(input, "RowParallelLinear", min_ndim=1, size={-1: expected})
+        check_same_device("RowParallelLinear", input, self.weight)
         if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
             check_same_dtype("RowParallelLinear", input, self.weight)
-        check_same_device("RowParallelLinear", input, self.weight)
         x = input if self.input_is_parallel else _scatter_apply(input)   # (*, in/P)
         partial = linear(x, self.weight, None)                 # (*, in/P) @ (in/P, out) -> (*, out)
         y = _reduce_apply(partial)                  # (*, out), sum over ranks

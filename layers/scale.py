@@ -96,9 +96,9 @@ class Scale(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         check_tensor(input, "Scale")
+        check_same_device("Scale", input, self.weight)
         if autocast_dtype(input.device.type, "float32") is None:   # under autocast both are cast
             check_same_dtype("Scale", input, self.weight)
-        check_same_device("Scale", input, self.weight)
         return autocast_apply(_scale_apply, "float32", input, self.weight)
 
     def extra_repr(self) -> str:
