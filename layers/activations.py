@@ -3,13 +3,26 @@
 Taught in the chapter "Activations" (``book/activations.ipynb``); :class:`PReLU`
 is also used in "Writing a backward pass".
 
-Every backward here is written with differentiable torch ops on saved tensors,
-so each function is twice differentiable where the math is (``gradgradcheck``
-passes): ReLU and PReLU have a zero second derivative away from 0, Sigmoid,
-Tanh and GELU have smooth ones.
+Each Function has one backward, written as the derivative in its docstring
+with differentiable torch ops on saved tensors, so it is twice differentiable
+where the math is (``gradgradcheck`` passes): ReLU and PReLU have a zero second
+derivative away from 0, Sigmoid, Tanh and GELU have smooth ones.
+
+Each Function also composes with ``torch.func``: ``generate_vmap_rule = True``
+(the forward is pure and the context is set in ``setup_context``) gives
+``vmap``, and a ``jvp`` staticmethod gives forward-mode AD (``jvp``,
+``jacfwd``, ``hessian``); the tangent is the same derivative times the input's
+tangent.
+
+Low precision: for float16 / bfloat16 inputs the multi-step formulas (GELU, and
+every backward) are evaluated in float32 and rounded once, as torch's kernels
+do, so the result is as accurate as torch's. Under ``torch.autocast`` these
+ops follow torch's policy: ReLU, Sigmoid, Tanh and GELU run in the dtype they
+are given, PReLU runs in the lower precision (CPU autocast lists ``prelu``).
 
 Each activation has a plain function (``relu``, ``sigmoid``, ``tanh``, ``gelu``,
-``prelu``) holding the logic, and an ``nn.Module`` that calls it.
+``prelu``) holding the logic, with :mod:`torch.nn.functional`'s argument names,
+and an ``nn.Module`` with :mod:`torch.nn`'s constructor arguments that calls it.
 """
 
 from __future__ import annotations
@@ -19,7 +32,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._amp import autocast_apply, autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
+from .linear import compilable_apply
 
 __all__ = [
     "ReLUFunction", "SigmoidFunction", "TanhFunction", "GELUFunction", "PReLUFunction",
@@ -28,37 +43,69 @@ __all__ = [
 ]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_TANH_C = 0.044715
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is float16 / bfloat16 (compute there, round once), else ``t`` itself."""
+    return t.float() if t.dtype in _REDUCED else t
+
+
+def _refuse_inplace(where: str, inplace: bool) -> None:
+    """These layers never write into their input (autograd and torch.func need the input kept)."""
+    if inplace:
+        raise ValueError(f"{where}: inplace=True is not supported (the layer never overwrites its "
+                         "input); use inplace=False, the default")
 
 
 # ----------------------------------------------------------------------------- ReLU
 class ReLUFunction(torch.autograd.Function):
-    r""":math:`y = \max(0, x)`. Backward: :math:`\partial x = g \cdot [x > 0]`.
+    r""":math:`y = \max(0, x)`. Backward: :math:`\partial x = g \cdot [y > 0]`.
 
     At exactly ``x = 0`` the gradient is 0, as in :func:`torch.relu`.
     Saves the output (not the input): ``y > 0`` exactly where ``x > 0``.
+    Forward-mode: :math:`\dot y = \dot x \cdot [y > 0]`.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return x.clamp_min(0)
+        return x.clamp_min(0)                                  # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return grad_out * (y > 0).to(grad_out.dtype)
+        dx = grad_out * (y > 0).to(grad_out.dtype)            # (*)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return x_t * (y > 0).to(x_t.dtype)                     # (*)
 
 
-def relu(x: Tensor) -> Tensor:
-    """Rectified linear unit, ``max(0, x)`` elementwise, via :class:`ReLUFunction`. Any shape."""
-    check_tensor(x, "relu")
-    return ReLUFunction.apply(x)
+_relu_apply = compilable_apply(ReLUFunction)
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """Rectified linear unit, ``max(0, input)`` elementwise, via :class:`ReLUFunction`.
+
+    Args:
+        input: any shape, floating point.
+        inplace: accepted for :func:`torch.nn.functional.relu` compatibility; only
+            ``False`` is supported (``True`` raises ``ValueError``).
+    """
+    _refuse_inplace("relu", inplace)
+    check_tensor(input, "relu")
+    return _relu_apply(input)
 
 
 # -------------------------------------------------------------------------- Sigmoid
@@ -66,94 +113,95 @@ class SigmoidFunction(torch.autograd.Function):
     r""":math:`y = 1 / (1 + e^{-x})`. Backward: :math:`\partial x = g\, y (1 - y)`.
 
     Saves only the output: the derivative is a function of ``y`` alone.
+    Forward-mode: :math:`\dot y = \dot x\, y (1 - y)`.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return torch.sigmoid(x)
+        return torch.sigmoid(x)                                # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return grad_out * y * (1 - y)
+        y = _wide(y)                                           # (*), float32 if reduced
+        dx = _wide(grad_out) * y * (1 - y)                     # (*)
+        return dx.to(grad_out.dtype)
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        y = _wide(y)                                           # (*)
+        return (_wide(x_t) * y * (1 - y)).to(x_t.dtype)        # (*)
 
 
-def sigmoid(x: Tensor) -> Tensor:
+_sigmoid_apply = compilable_apply(SigmoidFunction)
+
+
+def sigmoid(input: Tensor) -> Tensor:
     """Logistic sigmoid elementwise, via :class:`SigmoidFunction`. Any shape."""
-    check_tensor(x, "sigmoid")
-    return SigmoidFunction.apply(x)
+    check_tensor(input, "sigmoid")
+    return _sigmoid_apply(input)
 
 
 # ----------------------------------------------------------------------------- Tanh
 class TanhFunction(torch.autograd.Function):
-    r""":math:`y = \tanh x`. Backward: :math:`\partial x = g\,(1 - y^2)`. Saves only the output."""
+    r""":math:`y = \tanh x`. Backward: :math:`\partial x = g\,(1 - y^2)`. Saves only the output.
+
+    Forward-mode: :math:`\dot y = \dot x\,(1 - y^2)`.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return torch.tanh(x)
+        return torch.tanh(x)                                   # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return grad_out * (1 - y * y)
+        y = _wide(y)                                           # (*), float32 if reduced
+        dx = _wide(grad_out) * (1 - y * y)                     # (*)
+        return dx.to(grad_out.dtype)
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        y = _wide(y)                                           # (*)
+        return (_wide(x_t) * (1 - y * y)).to(x_t.dtype)        # (*)
 
 
-def tanh(x: Tensor) -> Tensor:
+_tanh_apply = compilable_apply(TanhFunction)
+
+
+def tanh(input: Tensor) -> Tensor:
     """Hyperbolic tangent elementwise, via :class:`TanhFunction`. Any shape."""
-    check_tensor(x, "tanh")
-    return TanhFunction.apply(x)
+    check_tensor(input, "tanh")
+    return _tanh_apply(input)
 
 
 # ----------------------------------------------------------------------------- GELU
-def _gelu_forward(x: Tensor, approximate: str) -> Tensor:
-    """GELU of ``x``. Runs inside ``GELUFunction.forward`` (autograd off), so it works in place
-    on the one new tensor it creates: a fresh full-size tensor costs more than a pass over one."""
-    if approximate == "tanh":
-        t = torch.mul(x, x).mul_(_GELU_TANH_C).add_(1).mul_(x)          # x + 0.044715 x^3
-        t.mul_(_SQRT_2_OVER_PI).tanh_()                                   # tanh u
-    else:
-        t = torch.mul(x, _INV_SQRT_2).erf_()                              # erf(x / sqrt 2)
-    return torch.addcmul(x, x, t, out=t).mul_(0.5)                        # x (1 + t) / 2
-
-
 def _gelu_derivative(x: Tensor, approximate: str) -> Tensor:
-    """y'(x) with plain differentiable ops (used when autograd differentiates the backward)."""
-    if approximate == "tanh":
-        inner = _SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)
-        t = torch.tanh(inner)
-        d_inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner
-    cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))              # Phi(x)
-    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)              # phi(x)
-    return cdf + x * pdf
-
-
-def _gelu_input_grad(grad_out: Tensor, x: Tensor, approximate: str) -> Tensor:
-    """``grad_out * y'(x)``, the same formula as ``_gelu_derivative``, in place on new temporaries.
-
-    Only for a backward that autograd does not differentiate (in-place ops
-    overwrite values a graph of the backward would need).
-    """
-    if approximate == "tanh":
-        t = torch.mul(x, x).mul_(_GELU_TANH_C).add_(1).mul_(x)          # x + 0.044715 x^3
-        t.mul_(_SQRT_2_OVER_PI).tanh_()                                   # tanh u
-        s = torch.mul(x, x).mul_(3 * _GELU_TANH_C).add_(1).mul_(x)      # x (1 + 3 * 0.044715 x^2)
-        s.mul_(0.5 * _SQRT_2_OVER_PI)                                     # x du/dx / 2
-        d = torch.mul(t, t).neg_().add_(1).mul_(s)                        # x (1 - t^2) du/dx / 2
-        d.add_(t, alpha=0.5).add_(0.5)                                    # + (1 + t) / 2
-    else:
-        pdf = torch.mul(x, x).mul_(-0.5).exp_()                          # phi(x) * sqrt(2 pi)
-        d = torch.mul(x, _INV_SQRT_2).erf_().add_(1).mul_(0.5)          # Phi(x)
-        d.addcmul_(x, pdf, value=_INV_SQRT_2PI)                          # Phi(x) + x phi(x)
-    return d.mul_(grad_out)
+    r""":math:`y'(x)` of GELU (see :class:`GELUFunction`), in differentiable ops. Shape of ``x``."""
+    if approximate == "none":
+        cdf = torch.special.ndtr(x)                                    # (*) Phi(x)
+        pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)                  # (*) phi(x)
+        return cdf + x * pdf                                           # (*) Phi(x) + x phi(x)
+    x2 = x * x                                                         # (*)
+    t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_TANH_C * x2))      # (*) tanh u
+    du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x2)                 # (*) du/dx
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du                  # (*)
 
 
 class GELUFunction(torch.autograd.Function):
@@ -165,39 +213,61 @@ class GELUFunction(torch.autograd.Function):
     :math:`u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)`, so
     :math:`y' = \tfrac12 (1 + \tanh u) + \tfrac12 x\,(1 - \tanh^2 u)\,\sqrt{2/\pi}\,(1 + 3 \cdot 0.044715\,x^2)`.
 
-    Backward: :math:`\partial x = g\, y'(x)`. Saves the input. The usual
-    backward computes it in place on new temporaries (``_gelu_input_grad``);
-    when autograd differentiates the backward (``create_graph=True``) it uses
-    plain ops (``_gelu_derivative``), so double backward works.
+    Backward: :math:`\partial x = g\, y'(x)`; forward-mode: :math:`\dot y = \dot x\, y'(x)`.
+    Saves the input. float16 / bfloat16 inputs are computed in float32 and
+    rounded once.
 
     At :math:`x = +\infty` the output is :math:`+\infty`, the limit (PyTorch's
     vectorized CPU kernel returns NaN there); at :math:`-\infty` both give NaN.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(x: Tensor, approximate: str) -> Tensor:
-        return _gelu_forward(x, approximate)
+        xw = _wide(x)                                                  # (*), float32 if reduced
+        if approximate == "none":
+            y = xw * torch.special.ndtr(xw)                            # (*) x Phi(x)
+        else:
+            u = _SQRT_2_OVER_PI * xw * (1 + _GELU_TANH_C * xw * xw)    # (*) sqrt(2/pi) (x + 0.044715 x^3)
+            y = 0.5 * xw * (1 + torch.tanh(u))                         # (*)
+        return y.to(x.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, approximate = inputs
         ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
         ctx.approximate = approximate
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (x,) = ctx.saved_tensors
-        if torch.is_grad_enabled():                # double backward: differentiable ops
-            return grad_out * _gelu_derivative(x, ctx.approximate), None
-        return _gelu_input_grad(grad_out, x, ctx.approximate), None
+        dx = _wide(grad_out) * _gelu_derivative(_wide(x), ctx.approximate)   # (*)
+        return dx.to(grad_out.dtype), None
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor, _approximate_t):
+        (x,) = ctx.saved_tensors
+        y_t = _wide(x_t) * _gelu_derivative(_wide(x), ctx.approximate)      # (*)
+        return y_t.to(x_t.dtype)
 
 
-def gelu(x: Tensor, approximate: str = "none") -> Tensor:
-    """GELU elementwise via :class:`GELUFunction`; ``approximate`` is ``"none"`` or ``"tanh"``. Any shape."""
+_gelu_apply = compilable_apply(GELUFunction)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """GELU elementwise via :class:`GELUFunction`. Any shape.
+
+    Args:
+        input: any shape, floating point.
+        approximate: ``"none"`` (exact, with ``erf``) or ``"tanh"``, as
+            :func:`torch.nn.functional.gelu`.
+    """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: expected approximate to be 'none' or 'tanh', got {approximate!r}")
-    check_tensor(x, "gelu")
-    return GELUFunction.apply(x, approximate)
+    check_tensor(input, "gelu")
+    return _gelu_apply(input, approximate)
 
 
 # ---------------------------------------------------------------------------- PReLU
@@ -220,48 +290,81 @@ class PReLUFunction(torch.autograd.Function):
         \partial x = g \cdot \begin{cases} 1 & x > 0 \\ a & x \le 0 \end{cases}, \qquad
         \partial a_c = \sum_{\text{all but channel } c} g \cdot \min(0, x).
 
+    Forward-mode: :math:`\dot y = \dot x` where :math:`x > 0`, else
+    :math:`a \dot x + \dot a x`.
+
     Shapes: ``x`` is ``(N, C, *)`` (any shape when ``a`` has one element);
-    ``weight`` is ``(C,)`` or ``(1,)``; output as ``x``.
+    ``weight`` is ``(C,)``, ``(1,)`` or ``()``; output as ``x``. The slope
+    gradient is summed in float32 for float16 / bfloat16.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor) -> Tensor:
-        a = _channel_view(weight, x)
-        return torch.where(x > 0, x, a * x)
+        a = _channel_view(weight, x)                            # (C, 1, ..., 1) or ()
+        return torch.where(x > 0, x, a * x)                     # (N, C, *)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         dx = dw = None
-        positive = x > 0
+        positive = x > 0                                        # (N, C, *)
         if ctx.needs_input_grad[0]:
-            a = _channel_view(weight, x)
-            dx = torch.where(positive, grad_out, a * grad_out)
+            a = _channel_view(weight, x)                        # (C, 1, ..., 1) or ()
+            dx = torch.where(positive, grad_out, a * grad_out)  # (N, C, *)
         if ctx.needs_input_grad[1]:
-            contrib = torch.where(positive, torch.zeros_like(x), grad_out * x)   # g * min(0, x)
+            contrib = torch.where(positive, 0, _wide(grad_out) * _wide(x))   # (N, C, *) g min(0, x)
             if weight.numel() == 1:
-                dw = contrib.sum().reshape(weight.shape)
+                dw = contrib.sum()                              # ()
             else:
-                other = [d for d in range(x.dim()) if d != 1]                   # all but channels
-                dw = contrib.sum(dim=other)                                     # (C,)
+                dw = contrib.sum(dim=[d for d in range(x.dim()) if d != 1])  # (C,)
+            dw = dw.reshape(weight.shape).to(weight.dtype)      # shape of weight
         return dx, dw
 
+    @staticmethod
+    def jvp(ctx, x_t: Tensor | None, w_t: Tensor | None) -> Tensor:
+        x, weight = ctx.saved_tensors
+        a = _channel_view(weight, x)                            # (C, 1, ..., 1) or ()
+        negative = torch.zeros_like(x)                          # (N, C, *) tangent where x <= 0
+        if x_t is not None:
+            negative = negative + a * x_t
+        if w_t is not None:
+            negative = negative + _channel_view(w_t, x) * x
+        positive = x_t if x_t is not None else torch.zeros_like(x)
+        return torch.where(x > 0, positive, negative)           # (N, C, *)
 
-def prelu(x: Tensor, weight: Tensor) -> Tensor:
-    """Functional PReLU via :class:`PReLUFunction`; see :class:`PReLU` for shapes."""
-    _check_prelu_input("prelu", x, weight)
-    return PReLUFunction.apply(x, weight)
+
+_prelu_apply = compilable_apply(PReLUFunction)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """Functional PReLU via :class:`PReLUFunction`, as :func:`torch.nn.functional.prelu`.
+
+    Under ``torch.autocast`` it runs in the lower precision, as torch's ``prelu``.
+
+    Args:
+        input: ``(N, C, *)``, or any shape when ``weight`` has one element.
+        weight: the slopes, ``(C,)``, ``(1,)`` or 0-dim.
+    """
+    _check_prelu_input("prelu", input, weight)
+    return autocast_apply(_prelu_apply, "lower", input, weight)
 
 
 def _check_prelu_input(where: str, x: Tensor, weight: Tensor) -> None:
     check_tensor(x, where)
-    check_same_dtype(where, x, weight)
+    check_tensor(weight, where, "weight")
+    if weight.dim() > 1:
+        raise ValueError(f"{where}: expected weight with at most 1 dimension, got shape {tuple(weight.shape)}")
     check_same_device(where, x, weight)
+    if autocast_dtype(x.device.type, "lower") is None:          # under autocast both are cast
+        check_same_dtype(where, x, weight)
     channels = weight.numel()
     if channels != 1:
         if x.dim() < 2:                                         # as torch: no channel dim below 2-D
@@ -279,34 +382,45 @@ def _check_prelu_input(where: str, x: Tensor, weight: Tensor) -> None:
 
 # -------------------------------------------------------------------------- Modules
 class ReLU(nn.Module):
-    """See :func:`relu`. Shape: any; output as input."""
+    """See :func:`relu`. Shape: any; output as input.
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "ReLU")
-        return ReLUFunction.apply(x)
+    Args:
+        inplace: as :class:`torch.nn.ReLU`'s, but only ``False`` (the default) is
+            supported: ``True`` raises ``ValueError``, because the layer never
+            overwrites its input (autograd saves the output instead).
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        _refuse_inplace("ReLU", inplace)
+        self.inplace = inplace
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "ReLU")
+        return _relu_apply(input)
 
 
 class Sigmoid(nn.Module):
     """See :func:`sigmoid`. Shape: any; output as input."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "Sigmoid")
-        return SigmoidFunction.apply(x)
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "Sigmoid")
+        return _sigmoid_apply(input)
 
 
 class Tanh(nn.Module):
     """See :func:`tanh`. Shape: any; output as input."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "Tanh")
-        return TanhFunction.apply(x)
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "Tanh")
+        return _tanh_apply(input)
 
 
 class GELU(nn.Module):
     """See :func:`gelu`. Matches :class:`torch.nn.GELU` for both values of ``approximate``.
 
     Args:
-        approximate: ``"none"`` (exact, with ``erf``) or ``"tanh"``.
+        approximate: ``"none"`` (exact, with ``erf``) or ``"tanh"``. Default: ``"none"``.
 
     Shape: any; output as input.
     """
@@ -317,9 +431,9 @@ class GELU(nn.Module):
             raise ValueError(f"GELU: expected approximate to be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "GELU")
-        return GELUFunction.apply(x, self.approximate)
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "GELU")
+        return _gelu_apply(input, self.approximate)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -332,6 +446,7 @@ class PReLU(nn.Module):
         num_parameters: number of slopes: 1 (shared by every element) or the
             number of channels (dim 1 of the input). Default: 1.
         init: initial value of every slope. Default: 0.25.
+        device, dtype: where and in which dtype to create the slopes.
 
     Shape:
         - Input: :math:`(N, C, *)`, or any shape when ``num_parameters=1``.
@@ -359,9 +474,9 @@ class PReLU(nn.Module):
         """Set every slope back to ``init``."""
         nn.init.constant_(self.weight, self.init)
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_prelu_input("PReLU", x, self.weight)
-        return PReLUFunction.apply(x, self.weight)
+    def forward(self, input: Tensor) -> Tensor:
+        _check_prelu_input("PReLU", input, self.weight)
+        return autocast_apply(_prelu_apply, "lower", input, self.weight)
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}, init={self.init}"

@@ -19,15 +19,31 @@ Function                       forward                          backward
 :class:`ScatterToParallel`     keep this rank's slice           all-gather the last dimension
 =============================  ===============================  ===============================
 
-Double backward through the collectives is not supported across processes
-(``torch.distributed`` collectives are not recorded by autograd); at world
-size 1 they are plain copies and slices, so the layers are twice
-differentiable there, which is what the single-process tests check.
+Each backward is another of the four Functions (the transpose of an
+all-reduce-in-forward is an identity-in-forward, and so on), so the
+backward is itself differentiable and double backward works across
+processes too. Each has a ``jvp`` (forward-mode: the tangent goes through
+the same collective as the value) and an explicit ``vmap`` rule (the
+collective runs once on the whole batch). At world size 1 they are plain
+views, copies and slices.
 
 The layers call :func:`layers.linear.linear` for the local matrix product, so
 the gradients of the shards come from the hand-written
 :class:`~layers.linear.LinearFunction`. :func:`launch` starts ``P`` CPU
 processes with the gloo backend (for the tests and the chapter).
+
+PyTorch's own engines take the package's layers too, and the per-process
+checks below compare each with one process:
+
+- :func:`dtensor_parallel_check`: ``parallelize_module`` with torch's
+  ``ColwiseParallel`` / ``RowwiseParallel`` on an MLP of
+  :class:`~layers.linear.Linear` (an ``nn.Linear`` subclass, so the plan
+  accepts it). The same math as the Megatron layers here, but the shards are
+  ``DTensor`` parameters and the collectives are chosen by DTensor's sharding
+  rules instead of being written out as the four Functions above.
+- :func:`fsdp_check`: FSDP2's ``fully_shard`` on a model of Conv2d,
+  BatchNorm2d, ReLU, LayerNorm, MultiHeadAttention, Linear and GELU: each rank
+  stores half of every parameter and all-gathers it for forward and backward.
 """
 
 from __future__ import annotations
@@ -45,9 +61,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from ._amp import autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
-from .activations import ReLU, relu
-from .linear import Linear, linear
+from .activations import GELU, ReLU, relu
+from .attention import MultiHeadAttention
+from .conv import Conv2d
+from .linear import Linear, compilable_apply, linear
+from .normalization import BatchNorm2d, LayerNorm
 
 __all__ = [
     "CopyToParallel",
@@ -61,6 +81,9 @@ __all__ = [
     "tensor_parallel_check",
     "ddp_step_check",
     "parallel_checks",
+    "dtensor_parallel_check",
+    "fsdp_check",
+    "distributed_checks",
 ]
 
 
@@ -98,16 +121,29 @@ def _my_slice_last(x: Tensor) -> Tensor:
     return x[..., rank * n:(rank + 1) * n].contiguous()      # (*, n)
 
 
+def _batched_apply(fn: Callable, in_dims: tuple, x: Tensor) -> tuple[Tensor, int | None]:
+    """vmap rule of a collective: run it once on the whole batch (batch moved to dim 0).
+
+    Each sample's collective is the same collective on a slice, so one call on
+    the batched tensor does them all (a collective cannot run on vmap's
+    per-sample wrappers).
+    """
+    if in_dims[0] is None:
+        return fn(x), None
+    return fn(x.movedim(in_dims[0], 0)), 0
+
+
 class CopyToParallel(torch.autograd.Function):
     r"""Megatron's :math:`f`: identity in forward, all-reduce of the gradient in backward.
 
     Put before a column-parallel layer: every rank uses the same input, so the
-    input's gradient is the sum of the ranks' partial gradients.
+    input's gradient is the sum of the ranks' partial gradients:
+    :math:`\partial x = \sum_p g_p`. Forward-mode: :math:`\dot y = \dot x`.
     """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return x.view_as(x)
+        return x.view_as(x)                                    # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -115,19 +151,33 @@ class CopyToParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return _all_reduce(grad_out)
+        dx = _reduce_apply(grad_out)                 # (*) sum over ranks
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return x_t.view_as(x_t)                                # (*)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(_copy_apply, in_dims, x)
+
+
+_copy_apply = compilable_apply(CopyToParallel)
 
 
 class ReduceFromParallel(torch.autograd.Function):
     r"""Megatron's :math:`g`: all-reduce in forward, identity in backward.
 
     Put after a row-parallel layer: the ranks' partial products add up to the
-    output, and the output's gradient reaches every partial product unchanged.
+    output, :math:`y = \sum_p x_p`, and the output's gradient (the same on
+    every rank) reaches every partial product unchanged: :math:`\partial x_p = g`.
+    Forward-mode: :math:`\dot y = \sum_p \dot x_p`.
     """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return _all_reduce(x)
+        return _all_reduce(x)                                  # (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -135,11 +185,27 @@ class ReduceFromParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return grad_out
+        dx = _copy_apply(grad_out)                 # (*)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return _all_reduce(x_t)                                # (*)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(_reduce_apply, in_dims, x)
+
+
+_reduce_apply = compilable_apply(ReduceFromParallel)
 
 
 class GatherFromParallel(torch.autograd.Function):
-    """All-gather along the last dimension in forward; keep this rank's slice of the gradient in backward."""
+    r"""All-gather along the last dimension in forward; keep this rank's slice of the gradient in backward.
+
+    :math:`y = [x_0, \dots, x_{P-1}]`, :math:`\partial x_p = g[..., p n:(p+1) n]`;
+    forward-mode gathers the tangents.
+    """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -151,11 +217,27 @@ class GatherFromParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return _my_slice_last(grad_out)                        # (*, P n) -> (*, n)
+        dx = _scatter_apply(grad_out)                 # (*, P n) -> (*, n)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return _all_gather_last(x_t)                           # (*, n) -> (*, P n)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(_gather_apply, in_dims, x)
+
+
+_gather_apply = compilable_apply(GatherFromParallel)
 
 
 class ScatterToParallel(torch.autograd.Function):
-    """Keep this rank's slice of the last dimension in forward; all-gather the gradient in backward."""
+    r"""Keep this rank's slice of the last dimension in forward; all-gather the gradient in backward.
+
+    :math:`y = x[..., p n:(p+1) n]`, :math:`\partial x = [g_0, \dots, g_{P-1}]`;
+    forward-mode slices the tangent.
+    """
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -167,7 +249,19 @@ class ScatterToParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        return _all_gather_last(grad_out)                      # (*, n) -> (*, P n)
+        dx = _gather_apply(grad_out)                 # (*, n) -> (*, P n)
+        return dx
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor) -> Tensor:
+        return _my_slice_last(x_t)                             # (*, P n) -> (*, n)
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        return _batched_apply(_scatter_apply, in_dims, x)
+
+
+_scatter_apply = compilable_apply(ScatterToParallel)
 
 
 def _shard_size(where: str, features: int, world: int, what: str) -> int:
@@ -176,11 +270,12 @@ def _shard_size(where: str, features: int, world: int, what: str) -> int:
     return features // world
 
 
-def _allocate(layer: nn.Module, weight_shape: tuple[int, int], bias_size: int | None) -> None:
+def _allocate(layer: nn.Module, weight_shape: tuple[int, int], bias_size: int | None,
+              device=None, dtype=None) -> None:
     """Give a shard its ``weight`` (and ``bias``, or a registered ``None``), then initialize them."""
-    layer.weight = nn.Parameter(torch.empty(weight_shape))
+    layer.weight = nn.Parameter(torch.empty(weight_shape, device=device, dtype=dtype))
     if bias_size is not None:
-        layer.bias = nn.Parameter(torch.empty(bias_size))
+        layer.bias = nn.Parameter(torch.empty(bias_size, device=device, dtype=dtype))
     else:
         layer.register_parameter("bias", None)
     layer.reset_parameters()
@@ -211,6 +306,7 @@ class ColumnParallelLinear(nn.Module):
         gather_output: all-gather the output so every rank holds all
             ``out_features``; if ``False`` each rank keeps its ``out/P`` slice
             (what a following :class:`RowParallelLinear` wants).
+        device, dtype: where and in which dtype to create the shard.
 
     Shape:
         - Input: :math:`(*, H_{in})`, the same on every rank.
@@ -227,13 +323,13 @@ class ColumnParallelLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 gather_output: bool = True) -> None:
+                 gather_output: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.rank, self.world_size = _world()
         self.in_features, self.out_features = in_features, out_features
         self.gather_output = gather_output
         local = _shard_size("ColumnParallelLinear", out_features, self.world_size, "out_features")
-        _allocate(self, (local, in_features), local if bias else None)   # this rank's rows
+        _allocate(self, (local, in_features), local if bias else None, device, dtype)   # this rank's rows
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching rows of an ``nn.Linear`` initialization would be."""
@@ -249,13 +345,14 @@ class ColumnParallelLinear(nn.Module):
             self.bias.copy_(full.bias[rows])
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "ColumnParallelLinear", min_ndim=1, size={-1: self.in_features})
-        check_same_dtype("ColumnParallelLinear", x, self.weight)
-        check_same_device("ColumnParallelLinear", x, self.weight)
-        x = CopyToParallel.apply(x)                            # backward: all-reduce dX
+    def forward(self, input: Tensor) -> Tensor:
+        check_tensor(input, "ColumnParallelLinear", min_ndim=1, size={-1: self.in_features})
+        check_same_device("ColumnParallelLinear", input, self.weight)
+        if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
+            check_same_dtype("ColumnParallelLinear", input, self.weight)
+        x = _copy_apply(input)                            # backward: all-reduce dX
         y = linear(x, self.weight, self.bias)                  # (*, out/P)
-        return GatherFromParallel.apply(y) if self.gather_output else y
+        return _gather_apply(y) if self.gather_output else y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -279,6 +376,7 @@ class RowParallelLinear(nn.Module):
             output of a :class:`ColumnParallelLinear` with
             ``gather_output=False``); if ``False`` the full input is sliced here
             with :class:`ScatterToParallel`.
+        device, dtype: where and in which dtype to create the shard.
 
     Shape:
         - Input: :math:`(*, H_{in}/P)` if ``input_is_parallel`` else :math:`(*, H_{in})`.
@@ -295,13 +393,14 @@ class RowParallelLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 input_is_parallel: bool = True) -> None:
+                 input_is_parallel: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.rank, self.world_size = _world()
         self.in_features, self.out_features = in_features, out_features
         self.input_is_parallel = input_is_parallel
         self.local_in = _shard_size("RowParallelLinear", in_features, self.world_size, "in_features")
-        _allocate(self, (out_features, self.local_in), out_features if bias else None)   # its columns
+        _allocate(self, (out_features, self.local_in), out_features if bias else None,
+                  device, dtype)   # its columns
 
     def reset_parameters(self) -> None:
         """Initialize the shard as the matching columns of an ``nn.Linear`` initialization would be."""
@@ -316,16 +415,16 @@ class RowParallelLinear(nn.Module):
             self.bias.copy_(full.bias)
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         expected = self.local_in if self.input_is_parallel else self.in_features
-        check_tensor(x, "RowParallelLinear", min_ndim=1, size={-1: expected})
-        check_same_dtype("RowParallelLinear", x, self.weight)
-        check_same_device("RowParallelLinear", x, self.weight)
-        if not self.input_is_parallel:
-            x = ScatterToParallel.apply(x)                     # (*, in) -> (*, in/P)
+        check_tensor(input, "RowParallelLinear", min_ndim=1, size={-1: expected})
+        check_same_device("RowParallelLinear", input, self.weight)
+        if autocast_dtype(input.device.type, "lower") is None:   # under autocast linear casts
+            check_same_dtype("RowParallelLinear", input, self.weight)
+        x = input if self.input_is_parallel else _scatter_apply(input)   # (*, in/P)
         partial = linear(x, self.weight, None)                 # (*, in/P) @ (in/P, out) -> (*, out)
-        y = ReduceFromParallel.apply(partial)                  # sum over ranks
-        return y if self.bias is None else y + self.bias
+        y = _reduce_apply(partial)                  # (*, out), sum over ranks
+        return y if self.bias is None else y + self.bias.to(y.dtype)   # bias cast only under autocast
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -412,9 +511,13 @@ def tensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str
     ``gather_output=True`` and a lone ``RowParallelLinear`` with
     ``input_is_parallel=False``.
 
+    It also differentiates the MLP's input gradient again (``create_graph=True``),
+    which runs the Functions' backwards backward, across the processes.
+
     Returns:
-        ``{quantity: max abs difference}`` for outputs, input gradients and this
-        rank's slices of the weight and bias gradients.
+        ``{quantity: max abs difference}`` for outputs, input gradients, this
+        rank's slices of the weight and bias gradients, and the double-backward
+        weight gradients.
     """
     torch.manual_seed(seed)                                    # the same on every rank
     fc1, fc2 = Linear(8, 16), Linear(16, 4)
@@ -439,6 +542,15 @@ def tensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str
         "row grad weight": _max_err(row.weight.grad, fc2.weight.grad[:, cols]),
         "row grad bias": _max_err(row.bias.grad, fc2.bias.grad),
     }
+
+    # double backward through the collectives: d/dW of (dL/dx . v), across processes
+    v = torch.randn(6, 8)
+    fc1.zero_grad(), fc2.zero_grad(), col.zero_grad(), row.zero_grad()
+    for model, x_in in ((lambda t: fc2(relu(fc1(t))), x_ref), (lambda t: row(relu(col(t))), x_par)):
+        (dx,) = torch.autograd.grad(model(x_in), x_in, g, create_graph=True)
+        (dx * v).sum().backward()
+    errors["double backward grad column weight"] = _max_err(col.weight.grad, fc1.weight.grad[rows])
+    errors["double backward grad row weight"] = _max_err(row.weight.grad, fc2.weight.grad[:, cols])
 
     # each layer on its own, with the other communication pattern
     fc1.zero_grad()
@@ -515,3 +627,134 @@ def parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, dict
     """Both :func:`tensor_parallel_check` and :func:`ddp_step_check` in one launch (one process start-up)."""
     return {"tensor parallel": tensor_parallel_check(rank, world_size, seed),
             "data parallel": ddp_step_check(rank, world_size, seed)}
+
+
+# ---------------------------------------------------------------- torch's own engines
+def _backward_nodes(t: Tensor) -> set[str]:
+    """Names of every autograd node that produced ``t`` (to see which Functions ran)."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def _grad_errors(model: nn.Module, reference: nn.Module) -> dict[str, float]:
+    """Max abs difference of each parameter's gradient (a DTensor's is gathered first)."""
+    errors = {}
+    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters()):
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        errors[f"grad {name}"] = _max_err(grad, p_ref.grad)
+    return errors
+
+
+def dtensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
+    """DTensor tensor parallelism on a ``layers`` MLP against the same MLP in one process.
+
+    Run under :func:`launch`. Every rank builds ``Linear(8, 16) -> ReLU ->
+    Linear(16, 4)`` (same seed) and a copy; the model is parallelized with
+    ``parallelize_module(model, mesh, {"0": ColwiseParallel(), "2":
+    RowwiseParallel()})``, so its weights become ``DTensor`` shards (rows of the
+    first, columns of the second) and :class:`~layers.linear.LinearFunction`
+    runs on them. Both copies see the same batch.
+
+    Returns:
+        ``{"loss", "grad <name>", "ours ran", "sharded"}``: max abs differences
+        of the loss and of each full gradient; ``"ours ran"`` is 0 when the
+        autograd graph contains ``LinearFunctionBackward`` (else 1), and
+        ``"sharded"`` is 0 when the weights are DTensors holding
+        ``1 / world_size`` of the rows / columns.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    torch.manual_seed(seed)                                    # the same on every rank
+    model = nn.Sequential(Linear(8, 16), ReLU(), Linear(16, 4))
+    reference = copy.deepcopy(model)
+    x, target = torch.randn(6, 8), torch.randn(6, 4)
+    mesh = init_device_mesh("cpu", (world_size,))
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+    loss = nn.functional.mse_loss(model(x), target)
+    loss.backward()
+    loss_ref = nn.functional.mse_loss(reference(x), target)
+    loss_ref.backward()
+    w1, w2 = model[0].weight, model[2].weight
+    sharded = (isinstance(w1, DTensor) and w1.to_local().shape == (16 // world_size, 8)
+               and isinstance(w2, DTensor) and w2.to_local().shape == (4, 16 // world_size))
+    return {"loss": _max_err(loss, loss_ref), **_grad_errors(model, reference),
+            "ours ran": float("LinearFunctionBackward" not in _backward_nodes(loss)),
+            "sharded": float(not sharded)}
+
+
+class _FSDPNet(nn.Module):
+    """Conv2d -> BatchNorm2d -> ReLU, then the pixels as tokens: LayerNorm -> attention -> MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = Conv2d(3, 8, 3, padding=1)
+        self.bn = BatchNorm2d(8)
+        self.act = ReLU()
+        self.norm = LayerNorm(8)
+        self.attn = MultiHeadAttention(8, 2)
+        self.fc1 = Linear(8, 16)
+        self.gelu = GELU()
+        self.fc2 = Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.bn(self.conv(x)))                    # (B, 8, H, W)
+        h = self.norm(h.flatten(2).transpose(1, 2))            # (B, H W, 8): pixels as tokens
+        h = h + self.attn(h, h, h)[0]                          # (B, H W, 8)
+        return self.fc2(self.gelu(self.fc1(h))).mean(1)        # (B, 3)
+
+
+def fsdp_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
+    """FSDP2 (``fully_shard``) on a model of ``layers`` against the same model in one process.
+
+    Run under :func:`launch`. Every rank builds the same model (Conv2d,
+    BatchNorm2d, ReLU, LayerNorm, MultiHeadAttention, Linear, GELU) and the same
+    global batch of 4 images; ``fully_shard`` is applied to each layer with
+    parameters and to the root, so each rank stores half of every parameter.
+    The sharded model trains on this rank's ``4 / world_size`` images and FSDP
+    averages the gradients; the reference averages the losses of the same
+    shards in one process (batch norm sees each shard's statistics in both).
+
+    Returns:
+        ``{"loss", "grad <name>", "sharded"}``: max abs differences of the loss
+        averaged over ranks and of each full gradient; ``"sharded"`` is 0 when
+        every parameter is a DTensor holding part of the tensor.
+    """
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.manual_seed(seed)
+    model = _FSDPNet()
+    reference = copy.deepcopy(model)
+    x, target = torch.randn(4, 3, 4, 4), torch.randn(4, 3)
+    per_rank = len(x) // world_size
+    for layer in (model.conv, model.bn, model.norm, model.attn, model.fc1, model.fc2):
+        fully_shard(layer)
+    fully_shard(model)
+
+    shard = slice(rank * per_rank, (rank + 1) * per_rank)
+    loss = nn.functional.mse_loss(model(x[shard]), target[shard])
+    loss.backward()                                            # FSDP reduce-scatters (averages) the gradients
+    mean_loss = _all_reduce(loss.detach()) / world_size
+    loss_ref = sum(nn.functional.mse_loss(reference(x[r * per_rank:(r + 1) * per_rank]),
+                                          target[r * per_rank:(r + 1) * per_rank])
+                   for r in range(world_size)) / world_size
+    loss_ref.backward()
+    sharded = all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in model.parameters())
+    return {"loss": _max_err(mean_loss, loss_ref), **_grad_errors(model, reference),
+            "sharded": float(not sharded)}
+
+
+def distributed_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """:func:`fsdp_check` and :func:`dtensor_parallel_check` in one launch (one process start-up)."""
+    return {"fsdp": fsdp_check(rank, world_size, seed),
+            "dtensor tensor parallel": dtensor_parallel_check(rank, world_size, seed)}

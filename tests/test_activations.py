@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,125 @@ def test_activation_trains(act):
     x = torch.randn(64, 4)
     before, after = sgd_step_lowers_loss(model, x, x.sum(1, keepdim=True))
     assert after < before
+
+
+# ------------------------------------------------------------------ torch names and arguments
+def test_keyword_names_as_torch():
+    x, w = torch.randn(2, 3, 4), torch.rand(3)
+    F = nn.functional
+    torch.testing.assert_close(layers.relu(input=x), F.relu(input=x))
+    torch.testing.assert_close(layers.sigmoid(input=x), torch.sigmoid(input=x))
+    torch.testing.assert_close(layers.tanh(input=x), torch.tanh(input=x))
+    torch.testing.assert_close(layers.gelu(input=x, approximate="tanh"), F.gelu(input=x, approximate="tanh"))
+    torch.testing.assert_close(layers.prelu(input=x, weight=w), F.prelu(input=x, weight=w))
+    torch.testing.assert_close(layers.PReLU(num_parameters=3, init=0.1)(input=x),
+                               nn.PReLU(num_parameters=3, init=0.1)(input=x))
+    assert layers.GELU(approximate="tanh").approximate == nn.GELU(approximate="tanh").approximate
+
+
+def test_relu_inplace_false_accepted_true_refused():
+    x = torch.randn(5)
+    torch.testing.assert_close(layers.ReLU(inplace=False)(x), torch.relu(x))
+    torch.testing.assert_close(layers.relu(x, inplace=False), torch.relu(x))
+    with pytest.raises(ValueError, match="ReLU: inplace=True is not supported"):
+        layers.ReLU(inplace=True)
+    with pytest.raises(ValueError, match="relu: inplace=True is not supported"):
+        layers.relu(x, inplace=True)
+
+
+def test_prelu_device_dtype_and_zero_dim_weight():
+    m = layers.PReLU(3, dtype=torch.float64, device="meta")
+    assert m.weight.dtype == torch.float64 and m.weight.device.type == "meta"
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    w = torch.tensor(0.3, requires_grad=True)                # 0-dim slope, as F.prelu accepts
+    check_layer(layers.prelu, nn.functional.prelu, (x, w), batch_inputs=(0,))
+
+
+def test_prelu_bad_weight():
+    with pytest.raises(ValueError, match=r"weight with at most 1 dimension, got shape \(3, 1\)"):
+        layers.prelu(torch.randn(2, 3), torch.rand(3, 1))
+    with pytest.raises(TypeError, match="dtype torch.float32"):
+        layers.prelu(torch.randn(2, 3, dtype=torch.float64), torch.rand(3))
+
+
+# ------------------------------------------------------------------ torch.func
+FUNCTIONS = {
+    "relu": (layers.relu, nn.functional.relu),
+    "sigmoid": (layers.sigmoid, torch.sigmoid),
+    "tanh": (layers.tanh, torch.tanh),
+    "gelu": (layers.gelu, nn.functional.gelu),
+    "gelu_tanh": (lambda x: layers.gelu(x, approximate="tanh"), lambda x: nn.functional.gelu(x, approximate="tanh")),
+    "prelu": (lambda x, w: layers.prelu(x, w), nn.functional.prelu),
+}
+
+
+def _args(name):
+    x = torch.randn(3, 4, dtype=torch.float64)
+    return (x, torch.rand(4, dtype=torch.float64)) if name == "prelu" else (x,)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_torch_func_transforms_match_torch(name):
+    """vmap, jvp (forward mode), jacrev, jacfwd and hessian of ours equal those of torch's op."""
+    from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+    ours, ref = FUNCTIONS[name]
+    args = _args(name)
+    tangents = tuple(torch.randn_like(a) for a in args)
+    torch.testing.assert_close(jvp(ours, args, tangents), jvp(ref, args, tangents))
+    rest = args[1:]
+    per_sample = args[0].unsqueeze(1)                         # (3, 1, 4): vmap over samples (1, 4)
+    torch.testing.assert_close(vmap(lambda x: ours(x, *rest))(per_sample),
+                               torch.stack([ref(x, *rest) for x in per_sample]))
+    argnums = tuple(range(len(args)))
+    for transform in (jacrev, jacfwd):
+        torch.testing.assert_close(transform(ours, argnums)(*args), jacrev(ref, argnums)(*args))
+    scalar = lambda f: (lambda *a: f(*a).sin().sum())          # noqa: E731
+    torch.testing.assert_close(hessian(scalar(ours), argnums)(*args), hessian(scalar(ref), argnums)(*args))
+
+
+# ------------------------------------------------------------------ autocast and low precision
+MODULES = {
+    "relu": (layers.ReLU, nn.ReLU), "sigmoid": (layers.Sigmoid, nn.Sigmoid), "tanh": (layers.Tanh, nn.Tanh),
+    "gelu": (layers.GELU, nn.GELU), "gelu_tanh": (lambda: layers.GELU("tanh"), lambda: nn.GELU("tanh")),
+    "prelu": (lambda: layers.PReLU(3), lambda: nn.PReLU(3)),
+}
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autocast_output_dtype_as_torch(name, dtype):
+    ours, ref = (make() for make in MODULES[name])
+    x = torch.randn(2, 3, 4).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(x), ref(x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want)
+
+
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_no_less_accurate_than_torch(name, dtype):
+    """Error against float64 (on the same rounded inputs) of the output and every gradient."""
+    ours, ref = (make() for make in MODULES[name])
+    with torch.no_grad():
+        for p in (*ours.parameters(), *ref.parameters()):
+            p.copy_(torch.linspace(-0.5, 0.5, p.numel()).reshape(p.shape))
+    x = (torch.randn(64, 3, 8) * 3).to(dtype)
+    g = torch.randn(64, 3, 8).to(dtype)
+
+    def run(module, x):
+        x = x.clone().requires_grad_(True)
+        out = module(x)
+        return (out, *torch.autograd.grad(out, (x, *module.parameters()), g.to(x.dtype)))
+
+    errors = {}
+    truth = run(copy.deepcopy(ref).double(), x.double())
+    for label, module in (("ours", ours), ("torch", ref)):
+        results = run(module.to(dtype), x)
+        assert all(r.dtype == dtype for r in results)
+        errors[label] = [(r.double() - t).abs().max().item() for r, t in zip(results, truth)]
+    for i, (ours_err, torch_err) in enumerate(zip(errors["ours"], errors["torch"])):
+        what = ["output", "input gradient", "weight gradient"][i]
+        assert ours_err <= 1.5 * torch_err + 1e-12, f"{what}: ours {ours_err:.3g}, torch {torch_err:.3g}"

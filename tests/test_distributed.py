@@ -1,0 +1,42 @@
+"""PyTorch's distributed engines on the package's layers, on 2 CPU processes (gloo, loopback).
+
+FSDP2's ``fully_shard`` on a model of ``layers.*`` and DTensor tensor
+parallelism (``parallelize_module`` with torch's ``ColwiseParallel`` /
+``RowwiseParallel`` on ``layers.Linear``) must give the loss and gradients of
+one process. Both run in one launch, with a timeout so a hang cannot stall
+the run. The package's own Megatron-style layers are tested in test_parallel.py.
+"""
+
+import pytest
+import torch.distributed as dist
+
+from layers.parallel import distributed_checks, launch
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(scope="module")
+def results():
+    return launch(distributed_checks, world_size=2, timeout=120)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_fsdp2_matches_one_process(results, rank):
+    errors = results[rank]["fsdp"]
+    assert errors["sharded"] == 0, "fully_shard left a parameter unsharded"
+    expected = {"loss", "grad conv.weight", "grad bn.bias", "grad norm.weight",
+                "grad attn.q_proj.weight", "grad attn.out_proj.bias", "grad fc1.weight", "grad fc2.bias"}
+    assert set(errors) >= expected
+    bad = {k: v for k, v in errors.items() if not v <= 1e-6}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_dtensor_tensor_parallel_matches_one_process(results, rank):
+    errors = results[rank]["dtensor tensor parallel"]
+    assert errors["ours ran"] == 0, "LinearFunction did not run on the DTensor shards"
+    assert errors["sharded"] == 0, "parallelize_module did not shard the weights"
+    assert set(errors) >= {"loss", "grad 0.weight", "grad 0.bias", "grad 2.weight", "grad 2.bias"}
+    bad = {k: v for k, v in errors.items() if not v <= 1e-6}
+    assert not bad, bad
