@@ -3,7 +3,7 @@
 :func:`values_checkable` tells a layer whether it may run a check that reads tensor
 values (a class index in range, a positive scale): only in eager mode, on real tensors.
 
-:func:`without_jvp` and :func:`traceable` apply a Function so that Dynamo can trace it.
+:func:`compilable_apply` applies a Function so that Dynamo can trace it.
 
 Dynamo (torch 2.13) refuses to trace an ``autograd.Function`` that defines its own
 ``jvp`` staticmethod ("Unsupported custom jvp", a graph break), although forward
@@ -13,35 +13,44 @@ applies a twin of its Function without the ``jvp``: a subclass that only resets
 ``backward`` and vmap rule, so there is one implementation and no second code path.
 In eager mode the Function itself is applied, ``jvp`` included.
 
-Dynamo looks classes up as constants only by module-level name (not through a
-dict or a class attribute), so each module keeps its twin in a global::
+Dynamo does not follow a class looked up through a dict or a class attribute, but
+it does follow one held in a closure, so :func:`compilable_apply` returns a small
+function that picks the Function or its twin::
 
-    _LinearTraced = without_jvp(LinearFunction)
+    _linear_apply = compilable_apply(LinearFunction)
     ...
-    out = traceable(LinearFunction, _LinearTraced).apply(input, weight, bias)
+    out = _linear_apply(input, weight, bias)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-__all__ = ["without_jvp", "traceable", "values_checkable"]
+__all__ = ["compilable_apply", "values_checkable"]
 
 
-def without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
-    """A subclass of ``function`` whose only change is that it has no custom ``jvp``."""
-    return type(function.__name__, (function,), {
-        "jvp": torch.autograd.Function.jvp,
-        "__doc__": f"{function.__name__} without its jvp, for torch.compile (see layers._compile).",
-        "__module__": function.__module__,
+def compilable_apply(function: type[torch.autograd.Function]) -> Callable:
+    """``function.apply``, made traceable by torch.compile for a Function that has a ``jvp``.
+
+    In eager mode the returned callable is ``function.apply``, ``jvp`` included; while
+    Dynamo traces, it applies the twin: a subclass with the same name, ``forward``,
+    ``setup_context``, ``backward`` and vmap rule, and ``jvp`` reset to ``Function.jvp``.
+    Make it once per Function at module level::
+
+        _linear_apply = compilable_apply(LinearFunction)
+    """
+    twin = type(function.__name__, (function,), {
+        "jvp": staticmethod(torch.autograd.Function.jvp), "__module__": function.__module__,
         "__qualname__": function.__qualname__,
-    })
+        "__doc__": f"{function.__name__} without its jvp, applied while torch.compile traces."})
 
+    def apply(*args):
+        return (twin if torch.compiler.is_compiling() else function).apply(*args)
 
-def traceable(function: type[torch.autograd.Function],
-              twin: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
-    """``function`` in eager mode; ``twin`` (its :func:`without_jvp`) while torch.compile traces."""
-    return twin if torch.compiler.is_compiling() else function
+    apply.__name__ = apply.__qualname__ = f"{function.__name__}.apply"
+    return apply
 
 
 def values_checkable(*tensors) -> bool:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
-from .linear import compilable_apply
+from ._compile import compilable_apply
 
 __all__ = [
     "ReLUFunction", "SigmoidFunction", "TanhFunction", "GELUFunction", "PReLUFunction",

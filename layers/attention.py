@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
-from ._compile import traceable, without_jvp
+from ._compile import compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 from .linear import Linear, linear
 
@@ -240,7 +240,7 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
         return torch.cat(touts, dim=-2).to(dtype), torch.cat(tlses, dim=-1)
 
 
-_AttentionTraced = without_jvp(ScaledDotProductAttentionFunction)
+_scaled_dot_product_attention_apply = compilable_apply(ScaledDotProductAttentionFunction)
 
 
 def _broadcast(*shapes) -> tuple[int, ...] | None:
@@ -363,7 +363,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     query, key, value = (t if t.shape[:-2] == batch else t.expand(*batch, *t.shape[-2:])
                          for t in (query, key, value))                # (*, L, E), (*, S, E), (*, S, Ev)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    out, _ = autocast_apply(traceable(ScaledDotProductAttentionFunction, _AttentionTraced).apply, "lower", query, key, value, attn_mask,
+    out, _ = autocast_apply(_scaled_dot_product_attention_apply, "lower", query, key, value, attn_mask,
                             is_causal, scale, block_size)
     return out
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._amp import autocast_apply
-from ._compile import traceable, without_jvp
+from ._compile import compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 
 __all__ = ["Conv2dFunction", "conv2d", "im2col", "conv_output_size", "conv2d_cost", "Conv2d"]
@@ -235,7 +235,7 @@ class Conv2dFunction(torch.autograd.Function):
 
 
 # Under torch.compile, the same Function without its jvp (see layers._compile).
-_Conv2dCompiled = without_jvp(Conv2dFunction)
+_conv2d_apply = compilable_apply(Conv2dFunction)
 
 
 # ------------------------------------------------------------------------- functional
@@ -302,7 +302,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: in
         padding = before
     padding = _pair(padding, "padding", where, 0)
     _check_conv_input(where, x, weight, bias, padding, dilation, groups)
-    out = autocast_apply(traceable(Conv2dFunction, _Conv2dCompiled).apply, "lower", x, weight, bias, stride, padding, dilation, groups)
+    out = autocast_apply(_conv2d_apply, "lower", x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

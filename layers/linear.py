@@ -6,36 +6,14 @@ Taught in the chapter "Writing a backward pass" (``book/backward_pass.ipynb``);
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply, autocast_dtype
+from ._compile import compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 
-__all__ = ["LinearFunction", "Linear", "linear", "compilable_apply"]
-
-
-def compilable_apply(function: type[torch.autograd.Function]) -> Callable:
-    """``function.apply``, made traceable by torch.compile for a Function that has a ``jvp``.
-
-    torch.compile (Dynamo) refuses to trace an ``autograd.Function`` that defines
-    ``jvp`` when a gradient is needed (a graph break, "Unsupported custom jvp";
-    pytorch/pytorch#118397), while ``torch.func.jvp`` needs the ``jvp``. So while
-    Dynamo traces, the returned function applies a twin: a subclass with the same
-    name, forward, setup_context and backward, and ``jvp`` reset to
-    ``Function.jvp`` (which Dynamo accepts). In eager mode it is ``function.apply``.
-    """
-    twin = type(function.__name__, (function,), {
-        "jvp": staticmethod(torch.autograd.Function.jvp), "__module__": function.__module__,
-        "__doc__": f"{function.__name__} without its jvp, applied while torch.compile traces."})
-
-    def apply(*args):
-        return (twin if torch.compiler.is_compiling() else function).apply(*args)
-
-    apply.__name__ = apply.__qualname__ = f"{function.__name__}.apply"
-    return apply
+__all__ = ["LinearFunction", "Linear", "linear"]
 
 
 class LinearFunction(torch.autograd.Function):

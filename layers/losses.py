@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ._amp import autocast_apply
-from ._compile import traceable, values_checkable, without_jvp
+from ._compile import compilable_apply, values_checkable
 from ._validation import check_same_device, check_tensor
 
 __all__ = [
@@ -88,13 +88,10 @@ def _check_constant(where: str, name: str, t: Tensor | None) -> None:
                          f"as in torch's nll_loss and binary_cross_entropy_with_logits)")
 
 
-def _apply(function: type[torch.autograd.Function], traced: type[torch.autograd.Function], *args) -> Tensor:
-    """``function.apply(*args)`` under autocast's float32 policy for losses.
-
-    Under ``torch.compile`` ``traced`` is applied: the same Function without its ``jvp``
-    (see :mod:`layers._compile`).
-    """
-    return autocast_apply(traceable(function, traced).apply, "float32", *args)
+def _apply(apply, *args) -> Tensor:
+    """``apply(*args)`` (a Function's :func:`~layers._compile.compilable_apply`) under autocast's
+    float32 policy for losses."""
+    return autocast_apply(apply, "float32", *args)
 
 
 # ------------------------------------------------------------------------------ MSE
@@ -199,7 +196,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         warnings.warn(f"{where}: using a target size ({tuple(target.shape)}) that is different to the input "
                       f"size ({tuple(input.shape)}); they are broadcast, as in torch's mse_loss.", stacklevel=2)
     input, target = _promote(input, target)
-    return _apply(MSELossFunction, _MSELossTraced, input, target, reduction)
+    return _apply(_mse_loss_apply, input, target, reduction)
 
 
 # ---------------------------------------------------------------------- cross-entropy
@@ -431,7 +428,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         _check_class_targets(where, input, target, ignore_index)
         if target.dtype not in _INDEX_DTYPES:
             target = target.long()
-    return _apply(CrossEntropyFunction, _CrossEntropyTraced, input, target, weight, int(ignore_index),
+    return _apply(_cross_entropy_apply, input, target, weight, int(ignore_index),
                           reduction, float(label_smoothing))
 
 
@@ -615,7 +612,7 @@ def focal_loss(input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float 
     weight = _check_elementwise_weight(where, "weight", weight, input, shape)
     pos_weight = _check_elementwise_weight(where, "pos_weight", pos_weight, input, shape)
     input, target = _promote(input, target)
-    return _apply(FocalLossFunction, _FocalLossTraced, input, target, weight, pos_weight,
+    return _apply(_focal_loss_apply, input, target, weight, pos_weight,
                           float(alpha), float(gamma), reduction)
 
 
@@ -727,15 +724,15 @@ def softmax_focal_loss(input: Tensor, target: Tensor, alpha: Tensor | Sequence[f
         if alpha.shape != (input.shape[1],):
             raise ValueError(f"{where}: expected alpha with one weight per class ({input.shape[1]},), "
                              f"got shape {tuple(alpha.shape)}")
-    return _apply(SoftmaxFocalLossFunction, _SoftmaxFocalLossTraced, input, target.long(), alpha,
+    return _apply(_softmax_focal_loss_apply, input, target.long(), alpha,
                           float(gamma), reduction)
 
 
 # Each Function as torch.compile applies it (see _apply and layers._compile).
-_MSELossTraced = without_jvp(MSELossFunction)
-_CrossEntropyTraced = without_jvp(CrossEntropyFunction)
-_FocalLossTraced = without_jvp(FocalLossFunction)
-_SoftmaxFocalLossTraced = without_jvp(SoftmaxFocalLossFunction)
+_mse_loss_apply = compilable_apply(MSELossFunction)
+_cross_entropy_apply = compilable_apply(CrossEntropyFunction)
+_focal_loss_apply = compilable_apply(FocalLossFunction)
+_softmax_focal_loss_apply = compilable_apply(SoftmaxFocalLossFunction)
 
 
 # ------------------------------------------------------------------------- modules

@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._compile import traceable, without_jvp
+from ._compile import compilable_apply
 from ._validation import check_same_device, check_tensor
 
 __all__ = [
@@ -67,10 +67,6 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
-
-
-def _apply(fn_cls: type, compiled_cls: type, *args):
-    return traceable(fn_cls, compiled_cls).apply(*args)
 
 
 def _check_param(where: str, x: Tensor, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
@@ -271,8 +267,8 @@ class BatchNormEvalFunction(torch.autograd.Function):
         return dy.to(x.dtype)
 
 
-_BatchNormCompiled = without_jvp(BatchNormFunction)
-_BatchNormEvalCompiled = without_jvp(BatchNormEvalFunction)
+_batch_norm_apply = compilable_apply(BatchNormFunction)
+_batch_norm_eval_apply = compilable_apply(BatchNormEvalFunction)
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -328,7 +324,7 @@ def _batch_norm(where, input, running_mean, running_var, weight, bias, training,
             _check_param(where, input, t, name, (channels,))
     use_batch_stats = training or running_mean is None or running_var is None
     if not use_batch_stats:
-        return _apply(BatchNormEvalFunction, _BatchNormEvalCompiled,
+        return _batch_norm_eval_apply(
                       input, weight, bias, running_mean, running_var, eps)
     per_channel = input.numel() // channels if channels else 0
     if per_channel == 1:
@@ -341,7 +337,7 @@ def _batch_norm(where, input, running_mean, running_var, weight, bias, training,
         y = input * 1.0 if weight is None else input * weight.reshape(shape)
         return y if bias is None else y + bias.reshape(shape)
     update = training and running_mean is not None and running_var is not None
-    return _apply(BatchNormFunction, _BatchNormCompiled, input, weight, bias,
+    return _batch_norm_apply(input, weight, bias,
                   running_mean if update else None, running_var if update else None, momentum, eps)
 
 
@@ -534,7 +530,7 @@ class LayerNormFunction(torch.autograd.Function):
         return dy.to(x.dtype)
 
 
-_LayerNormCompiled = without_jvp(LayerNormFunction)
+_layer_norm_apply = compilable_apply(LayerNormFunction)
 
 
 def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: Tensor | None = None,
@@ -580,7 +576,7 @@ def _layer_norm(where, input, normalized_shape, weight, bias, eps) -> Tensor:
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             _check_param(where, input, t, name, shape)
-    return _apply(LayerNormFunction, _LayerNormCompiled, input, weight, bias, len(shape), eps)
+    return _layer_norm_apply(input, weight, bias, len(shape), eps)
 
 
 class LayerNorm(nn.Module):

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._amp import autocast_apply
-from .._compile import traceable, values_checkable, without_jvp
+from .._compile import compilable_apply, values_checkable
 from .._validation import check_tensor
 
 __all__ = ["quant_range", "qparams_from_range", "sqnr", "FakeQuantizeFunction",
@@ -277,8 +277,8 @@ class FakeQuantizePerChannelFunction(torch.autograd.Function):
         return input_t * mask, None                                    # (*)
 
 
-_FakeQuantizeTraced = without_jvp(FakeQuantizeFunction)
-_FakeQuantizePerChannelTraced = without_jvp(FakeQuantizePerChannelFunction)
+_fake_quantize_apply = compilable_apply(FakeQuantizeFunction)
+_fake_quantize_per_channel_apply = compilable_apply(FakeQuantizePerChannelFunction)
 
 
 def _to_int64(q: Tensor) -> Tensor:
@@ -345,7 +345,7 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
         check_scale_values(where, scale)
         check_zero_point_values(where, zero_point, quant_min, quant_max)
         args = (input, scale.reshape(()), zero_point.reshape(()), quant_min, quant_max)
-        fn = traceable(FakeQuantizeFunction, _FakeQuantizeTraced)
+        fn = _fake_quantize_apply
         if policy is None or input.is_meta:                           # meta: no autocast for that device
             return fn.apply(*args)[0]
         return autocast_apply(fn.apply, policy, *args)[0]
@@ -362,5 +362,5 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     check_scale_values(where, scale)
     if not zero_point.is_floating_point():
         check_zero_point_values(where, zero_point, quant_min, quant_max)
-    fn = traceable(FakeQuantizePerChannelFunction, _FakeQuantizePerChannelTraced)
+    fn = _fake_quantize_per_channel_apply
     return fn.apply(input, scale, zero_point, axis, quant_min, quant_max)[0]

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._compile import traceable, values_checkable, without_jvp
+from .._compile import compilable_apply, values_checkable
 from .._validation import check_tensor
 from .fake import (check_scale_values,
                    check_zero_point_values, check_bits, check_finite, check_qrange, qparams_from_range,
@@ -171,7 +171,7 @@ class LSQFunction(torch.autograd.Function):
         return y_t.to(x.dtype)
 
 
-_LSQTraced = without_jvp(LSQFunction)
+_l_s_q_apply = compilable_apply(LSQFunction)
 
 
 def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
@@ -224,7 +224,7 @@ def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: in
     check_zero_point_values(where, zero_point, quant_min, quant_max, integer=False)
     if isinstance(grad_factor, Tensor):
         grad_factor = grad_factor.item()
-    fn = traceable(LSQFunction, _LSQTraced)
+    fn = _l_s_q_apply
     return fn.apply(input, scale, zero_point, quant_min, quant_max, float(grad_factor), axis)
 
 
@@ -283,7 +283,7 @@ class PACTFunction(torch.autograd.Function):
         return y_t
 
 
-_PACTTraced = without_jvp(PACTFunction)
+_p_a_c_t_apply = compilable_apply(PACTFunction)
 
 
 def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
@@ -310,7 +310,7 @@ def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
     check_bits(where, bits)
     if values_checkable(alpha) and not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
         raise ValueError(f"{where}: expected a positive finite alpha, got {alpha.detach().reshape(()).item()}")
-    fn = traceable(PACTFunction, _PACTTraced)
+    fn = _p_a_c_t_apply
     return fn.apply(input, alpha, bits)
 
 
