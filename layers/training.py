@@ -40,6 +40,7 @@ def fit(
     optimizer: str = "sgd",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    lr_schedule: str = "constant",
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     seed: int = 0,
     log_every: int = 1,
@@ -57,6 +58,8 @@ def fit(
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
         momentum: SGD momentum.
         weight_decay: L2 penalty passed to the optimizer.
+        lr_schedule: ``"constant"``, or ``"cosine"``: the rate decays from ``lr`` to zero
+            over all steps along half a cosine (``CosineAnnealingLR``, stepped every step).
         loss_fn: ``loss_fn(logits, targets)``; cross-entropy if ``None``.
         seed: seeds the batch order (the model's initialization is the caller's).
         log_every: print a progress line every this many epochs (and the last).
@@ -66,18 +69,28 @@ def fit(
 
     Returns:
         ``{"epoch", "loss", "train_acc", "test_acc"}``, one entry per epoch;
-        ``loss`` is the mean training loss of the epoch.
+        ``loss`` is the mean training loss of the epoch. When ``data`` has a
+        validation split, ``"val_acc"`` replaces ``"test_acc"`` (and the progress
+        lines show it): the test set is then left for one final evaluation by the
+        caller, after every choice is made.
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"fit: expected optimizer 'sgd' or 'adam', got {optimizer!r}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"fit: expected lr_schedule 'constant' or 'cosine', got {lr_schedule!r}")
     loss_fn = loss_fn or nn.functional.cross_entropy
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = -(-len(data.x_train) // batch_size)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+                 if lr_schedule == "cosine" else None)
     gen = torch.Generator().manual_seed(seed)
-    history: History = {"epoch": [], "loss": [], "train_acc": [], "test_acc": []}
+    has_val = data.x_val is not None
+    held_out, held_name = ((data.x_val, data.y_val), "val") if has_val else ((data.x_test, data.y_test), "test")
+    history: History = {"epoch": [], "loss": [], "train_acc": [], f"{held_name}_acc": []}
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -89,6 +102,8 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             if on_step is not None:
                 on_step(model, step)
@@ -97,8 +112,8 @@ def fit(
         history["epoch"].append(epoch)
         history["loss"].append(total / count)
         history["train_acc"].append(accuracy(model, data.x_train, data.y_train))
-        history["test_acc"].append(accuracy(model, data.x_test, data.y_test))
+        history[f"{held_name}_acc"].append(accuracy(model, *held_out))
         if verbose and (epoch % log_every == 0 or epoch == epochs):
             print(f"epoch {epoch:3d}/{epochs}  loss {history['loss'][-1]:.4f}  "
-                  f"train acc {history['train_acc'][-1]:.3f}  test acc {history['test_acc'][-1]:.3f}")
+                  f"train acc {history['train_acc'][-1]:.3f}  {held_name} acc {history[f'{held_name}_acc'][-1]:.3f}")
     return history

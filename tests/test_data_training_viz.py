@@ -83,3 +83,39 @@ def test_viz_helpers_return_labelled_figures():
         assert isinstance(fig, matplotlib.figure.Figure)
         labelled = [ax for ax in fig.axes if ax.get_xlabel() or ax.get_title()]
         assert labelled, "every figure needs labelled axes or titles"
+
+
+def test_validation_split_comes_out_of_training_and_leaves_test_alone():
+    plain, split = load_digits(), load_digits(val_size=0.2)
+    assert plain.x_val is None and plain.y_val is None
+    assert torch.equal(plain.x_test, split.x_test) and torch.equal(plain.y_test, split.y_test)
+    assert len(split.x_train) + len(split.x_val) == len(plain.x_train)
+    rows = lambda x: {tuple(r.tolist()) for r in x}                  # noqa: E731
+    assert not rows(split.x_val) & rows(split.x_train)               # disjoint
+    assert set(split.y_val.tolist()) == set(range(10))                # stratified: every class
+    with pytest.raises(ValueError, match="val_size"):
+        load_digits(val_size=1.0)
+
+
+def test_fit_reports_validation_not_test_when_there_is_a_validation_split(capsys):
+    data = load_digits(val_size=0.2)
+    torch.manual_seed(0)
+    history = fit(nn.Sequential(layers.Linear(64, 10)), data, epochs=2, lr=0.1)
+    assert set(history) == {"epoch", "loss", "train_acc", "val_acc"}
+    out = capsys.readouterr().out
+    assert "val acc" in out and "test acc" not in out
+
+
+def test_cosine_schedule_decays_the_rate_to_zero():
+    data = load_digits()
+    torch.manual_seed(0)
+    frozen_end = nn.Sequential(layers.Linear(64, 10))
+    snapshots = []
+    fit(frozen_end, data, epochs=2, lr=0.1, lr_schedule="cosine", verbose=False,
+        on_step=lambda m, step: snapshots.append(m[0].weight.detach().clone()))
+    # momentum carries the first steps on, so compare the second step with the last
+    first_step = (snapshots[1] - snapshots[0]).norm()
+    last_step = (snapshots[-1] - snapshots[-2]).norm()
+    assert last_step < 0.05 * first_step
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(frozen_end, data, epochs=1, lr_schedule="step")
