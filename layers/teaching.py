@@ -1,14 +1,26 @@
-"""Exercise feedback for the chapters: :func:`check_exercise` says whether a reader's answer is right.
+"""Exercise feedback for the chapters.
 
-Every chapter ends its exercises with a check cell that calls it; it prints one
-line (``Correct: ...`` or ``Not yet: ...``) and returns whether the answer matched.
+- :func:`check_exercise` says whether a reader's answer (a number, a tensor) is right;
+- :func:`check_layer_exercise` runs a reader's own ``autograd.Function`` (or a
+  function or module built on one) through :func:`layers.testing.check_layer`
+  against PyTorch's op, and says which check fails, or "Not done yet" while the
+  exercise's stub still raises ``NotImplementedError``.
+
+Every chapter ends its exercises with a check cell that calls one of them; it
+prints one line (``Correct: ...``, ``Not yet: ...`` or ``Not done yet: ...``)
+and returns whether the answer passed.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable, Sequence
 
-__all__ = ["check_exercise"]
+import torch
+from torch import nn
+
+from .testing import check_layer
+
+__all__ = ["check_exercise", "check_layer_exercise"]
 
 
 def check_exercise(answer, expected, *, atol: float = 1e-6, rtol: float = 1e-5, what: str = "answer") -> bool:
@@ -38,4 +50,59 @@ def check_exercise(answer, expected, *, atol: float = 1e-6, rtol: float = 1e-5, 
         return True
     err = (got - want).abs().max().item()
     print(f"Not yet: the {what} differs from the expected one by up to {err:.3g}.")
+    return False
+
+
+def _forward_backward(layer, inputs: Sequence) -> None:
+    """One forward and backward of ``layer(*inputs)`` (sum of the outputs), on copies of the inputs."""
+    copies = [v.detach().clone().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
+              for v in inputs]
+    out = layer(*copies)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    total = sum(o.float().sum() for o in outs if isinstance(o, torch.Tensor) and o.requires_grad)
+    if isinstance(total, torch.Tensor):
+        total.backward()
+
+
+def check_layer_exercise(
+    layer: nn.Module | Callable,
+    reference: nn.Module | Callable,
+    inputs: Sequence,
+    *,
+    what: str = "your Function",
+    composable: bool = False,
+    **checks,
+) -> bool:
+    """Check a reader's layer against PyTorch's and print one line of feedback.
+
+    Args:
+        layer: the reader's function or module (usually ``MyFunction.apply``).
+        reference: the PyTorch equivalent.
+        inputs: example inputs, as for :func:`layers.testing.check_layer` (float64
+            tensors that require grad, so ``gradcheck`` runs).
+        what: how to name the answer in the printed line.
+        composable: also run the vmap, forward-AD, compile and low-precision
+            checks (off by default: an exercise is about the backward).
+        **checks: further keyword switches for :func:`~layers.testing.check_layer`.
+
+    Returns:
+        ``True`` when every check passed. Prints ``Not done yet: ...`` if the
+        layer still raises ``NotImplementedError`` (the stub is not filled in),
+        ``Not yet: ...`` naming each failed check and its detail, or
+        ``Correct: ...`` listing the checks that passed.
+    """
+    try:
+        _forward_backward(layer, inputs)
+    except NotImplementedError:
+        print(f"Not done yet: {what} still raises NotImplementedError (fill in the stub above).")
+        return False
+    if not composable:
+        checks = {"vmap": False, "forward_ad": False, "compile": False, "low_precision": False, **checks}
+    report = check_layer(layer, reference, inputs, raise_on_failure=False, **checks)
+    if report.passed:
+        ran = [r.name for r in report.results if r.status == "ok"]
+        print(f"Correct: {what} passes " + ", ".join(ran) + ".")
+        return True
+    failed = "; ".join(f"{r.name} ({r.detail})" if r.detail else r.name for r in report.failed)
+    print(f"Not yet: {what} fails {failed}.")
     return False
