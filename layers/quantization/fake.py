@@ -344,10 +344,9 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
         check_scale_values(where, scale)
         check_zero_point_values(where, zero_point, quant_min, quant_max)
         args = (input, scale.reshape(()), zero_point.reshape(()), quant_min, quant_max)
-        fn = _fake_quantize_apply
-        if policy is None or input.is_meta:                           # meta: no autocast for that device
-            return fn.apply(*args)[0]
-        return autocast_apply(fn.apply, policy, *args)[0]
+        if policy is None:
+            return _fake_quantize_apply(*args)[0]
+        return autocast_apply(_fake_quantize_apply, policy, *args)[0]
     if not -input.dim() <= axis < max(input.dim(), 1):
         raise ValueError(f"{where}: expected axis in [{-input.dim()}, {input.dim() - 1}], got {axis}")
     axis = axis % input.dim()
@@ -361,5 +360,4 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     check_scale_values(where, scale)
     if not zero_point.is_floating_point():
         check_zero_point_values(where, zero_point, quant_min, quant_max)
-    fn = _fake_quantize_per_channel_apply
-    return fn.apply(input, scale, zero_point, axis, quant_min, quant_max)[0]
+    return _fake_quantize_per_channel_apply(input, scale, zero_point, axis, quant_min, quant_max)[0]

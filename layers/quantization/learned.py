@@ -171,7 +171,7 @@ class LSQFunction(torch.autograd.Function):
         return y_t.to(x.dtype)
 
 
-_l_s_q_apply = compilable_apply(LSQFunction)
+_lsq_apply = compilable_apply(LSQFunction)
 
 
 def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
@@ -224,8 +224,7 @@ def lsq_quantize(input: Tensor, scale: Tensor, zero_point: Tensor, quant_min: in
     check_zero_point_values(where, zero_point, quant_min, quant_max, integer=False)
     if isinstance(grad_factor, Tensor):
         grad_factor = grad_factor.item()
-    fn = _l_s_q_apply
-    return fn.apply(input, scale, zero_point, quant_min, quant_max, float(grad_factor), axis)
+    return _lsq_apply(input, scale, zero_point, quant_min, quant_max, float(grad_factor), axis)
 
 
 # ---------------------------------------------------------------------------------- PACT
@@ -283,7 +282,7 @@ class PACTFunction(torch.autograd.Function):
         return y_t
 
 
-_p_a_c_t_apply = compilable_apply(PACTFunction)
+_pact_apply = compilable_apply(PACTFunction)
 
 
 def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
@@ -310,8 +309,7 @@ def pact_quantize(input: Tensor, alpha: Tensor, bits: int) -> Tensor:
     check_bits(where, bits)
     if values_checkable(alpha) and not bool((torch.isfinite(alpha) & (alpha > 0)).all()):
         raise ValueError(f"{where}: expected a positive finite alpha, got {alpha.detach().reshape(()).item()}")
-    fn = _p_a_c_t_apply
-    return fn.apply(input, alpha, bits)
+    return _pact_apply(input, alpha, bits)
 
 
 # ------------------------------------------------------------------------------- modules
