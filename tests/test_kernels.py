@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import layers
 from layers import kernels as K
-from layers.kernels import _cpp, _triton
+from benchmarks import kernels as kernels_benchmark
+from layers.kernels import _cpp, _triton, custom_ops
 from layers.testing import check_layer
 
 BACKENDS = ["cpp", "triton", "compile"]
@@ -309,3 +310,33 @@ def test_triton_refuses_cpu_tensors_without_interpreter():
             "except ValueError as e:\n    print('ValueError:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ValueError:" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stderr[-2000:]
+
+
+# ------------------------------------------------------------- one layer, two registrations
+def test_custom_op_gelu_matches_function_and_builtin():
+    x = _leaf(3, 4, dtype=torch.float64)
+    check_layer(custom_ops.reference_gelu, F.gelu, [x], needs_input_grad=False)   # gradgradcheck too
+    check_layer(custom_ops.reference_gelu, custom_ops.function_gelu, [x], gradcheck=False, gradgradcheck=False,
+                needs_input_grad=False)
+
+
+def test_compare_registrations():
+    by_form = {r.form: r for r in custom_ops.compare_registrations(torch.randn(8, 8), backend="aot_eager")}
+    fn, op = by_form["autograd.Function"], by_form["custom_op"]
+    assert fn.graph_breaks == op.graph_breaks == 0 and fn.graphs == op.graphs == 1
+    assert op.graph_ops == ["layers.reference_gelu.default"] and op.export_ops == ["layers.reference_gelu.default"]
+    assert "layers.reference_gelu.default" not in fn.export_ops and any("erf" in t for t in fn.export_ops)
+    assert fn.fake_output == op.fake_output == "FakeTensor(8, 8) float32"
+    assert "custom_op:" in custom_ops.format_comparison([fn, op])
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def test_benchmark_rows_and_targets():
+    rows, bandwidth = kernels_benchmark.run(quick=True, only=["gelu"], forms=["cpp"])
+    assert bandwidth > 0 and [r.form for r in rows] == ["built-in", "cpp"]
+    cpp = rows[1]
+    assert cpp.ms > 0 and cpp.builtin_ms == rows[0].ms and 0 < cpp.bandwidth and cpp.status() == "not checked"
+    assert "gelu" in kernels_benchmark.format_table(rows)
+    slow = kernels_benchmark.Row("gelu", "cpp", "(1,)", 2.0, 1.0, 0.0, 0.0, 0.4, 1.0, targets={"time": 1.2,
+                                                                                              "bandwidth": 0.5})
+    assert slow.missed() == ["time 2.00 > 1.2", "bandwidth 0.40 < 0.5"] and slow.status().startswith("MISSED")

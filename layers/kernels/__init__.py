@@ -54,7 +54,7 @@ from torch import Tensor
 from .. import _amp, losses, quantization
 from .._validation import check_same_device, check_same_dtype, check_tensor
 from ..activations import _check_prelu_input
-from . import _compile, _cpp, _triton
+from . import _compile, _cpp, _triton, custom_ops
 
 __all__ = ["BACKENDS", "layer_norm", "cross_entropy", "gelu", "prelu", "fake_quantize"]
 

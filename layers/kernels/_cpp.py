@@ -9,11 +9,14 @@ so later processes load the library in well under a second; a changed source
 is rebuilt.
 
 Flags: ``-O3 -march=native -fopenmp`` (OpenMP is what makes ``at::parallel_for``
-use several threads) and, on a CPU with AVX2 and FMA, ``-DCPU_CAPABILITY_AVX2``,
-which selects the AVX2 specialisations of ``at::vec::Vectorized`` (8 floats per
-register, SLEEF's vectorized ``exp``/``erf`` from ``libtorch_cpu``) instead of the
-generic loop-per-lane fallback the headers compile to by default. A compiler that
-rejects ``-march=native`` gets the build without it.
+use several threads) and the SIMD level torch itself dispatches to on this CPU
+(:func:`torch.backends.cpu.get_cpu_capability`): for ``AVX512``,
+``-DCPU_CAPABILITY_AVX512`` with ``-mavx512f ...``, for ``AVX2``, ``-DCPU_CAPABILITY_AVX2``
+with ``-mavx2 -mfma``. The define selects the matching specialisation of
+``at::vec::Vectorized`` (16 or 8 floats per register, SLEEF's vectorized ``exp`` from
+``libtorch_cpu``); without it the headers compile to a generic loop per lane, which
+the compiler vectorizes only in part. A compiler that rejects ``-march=native``
+gets the build without it.
 """
 
 from __future__ import annotations
@@ -88,12 +91,23 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+#: ``-D`` and ``-m`` flags per SIMD level, as torch builds its own kernels for that level.
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+
+
 def _flags(compiler: str) -> list[str]:
     flags = ["-O3", "-fopenmp"]
     if _accepts(compiler, "-march=native"):
         flags.append("-march=native")
-    if {"avx2", "fma"} <= _cpu_flags() and _accepts(compiler, "-mavx2"):
-        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    # The vector width torch itself dispatches to on this CPU (AVX512, AVX2 or DEFAULT).
+    level = torch.backends.cpu.get_cpu_capability()
+    extra = _CAPABILITY_FLAGS.get(level, [])
+    if extra and all(_accepts(compiler, f) for f in extra if f.startswith("-m")):
+        flags += extra
     return flags
 
 

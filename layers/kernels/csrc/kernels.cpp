@@ -153,53 +153,46 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward_cpu(const Tensor& grad_ou
         const scalar_t* gr = pg + r * M;
         const scalar_t m = pm[r], s = pr[r];
         const Vec vm(m), vs(s);
+        // pass 1: the row sums sum g~ and sum g~ xhat, and (same loads) dw += g xhat, db += g
+        Vec a1(scalar_t(0)), a2(scalar_t(0));
         int64_t i = 0;
-        if (pdx) {
-          // one pass for the two row sums: sum g~ and sum g~ xhat
-          Vec a1(scalar_t(0)), a2(scalar_t(0));
-          for (; i + Vec::size() <= M; i += Vec::size()) {
-            Vec gt = Vec::loadu(gr + i);
-            if (pw) gt = gt * Vec::loadu(pw + i);
-            Vec xh = (Vec::loadu(xr + i) - vm) * vs;
-            a1 += gt;
-            a2 = at::vec::fmadd(gt, xh, a2);
-          }
-          scalar_t l1[Vec::size()], l2[Vec::size()];
-          a1.store(l1);
-          a2.store(l2);
-          scalar_t sg = 0, sgx = 0;
-          for (int64_t k = 0; k < Vec::size(); ++k) { sg += l1[k]; sgx += l2[k]; }
-          for (; i < M; ++i) {
-            scalar_t gt = pw ? gr[i] * pw[i] : gr[i];
-            sg += gt;
-            sgx += gt * (xr[i] - m) * s;
-          }
-          const scalar_t c1 = sg / M, c2 = sgx / M;
-          const Vec vc1(c1), vc2(c2);
-          scalar_t* dxr = pdx + r * M;
-          i = 0;
-          for (; i + Vec::size() <= M; i += Vec::size()) {
-            Vec gt = Vec::loadu(gr + i);
-            if (pw) gt = gt * Vec::loadu(pw + i);
-            Vec xh = (Vec::loadu(xr + i) - vm) * vs;
-            (vs * (gt - vc1 - xh * vc2)).store(dxr + i);
-          }
-          for (; i < M; ++i) {
-            scalar_t gt = pw ? gr[i] * pw[i] : gr[i];
-            dxr[i] = s * (gt - c1 - (xr[i] - m) * s * c2);
-          }
+        for (; i + Vec::size() <= M; i += Vec::size()) {
+          const Vec gv = Vec::loadu(gr + i);
+          const Vec xh = (Vec::loadu(xr + i) - vm) * vs;
+          const Vec gt = pw ? gv * Vec::loadu(pw + i) : gv;
+          a1 += gt;
+          a2 = at::vec::fmadd(gt, xh, a2);
+          if (accw) at::vec::fmadd(gv, xh, Vec::loadu(accw + i)).store(accw + i);
+          if (accb) (Vec::loadu(accb + i) + gv).store(accb + i);
         }
-        if (accw || accb) {
-          i = 0;
-          for (; i + Vec::size() <= M; i += Vec::size()) {
-            Vec gv = Vec::loadu(gr + i);
-            if (accw) at::vec::fmadd(gv, (Vec::loadu(xr + i) - vm) * vs, Vec::loadu(accw + i)).store(accw + i);
-            if (accb) (Vec::loadu(accb + i) + gv).store(accb + i);
-          }
-          for (; i < M; ++i) {
-            if (accw) accw[i] += gr[i] * (xr[i] - m) * s;
-            if (accb) accb[i] += gr[i];
-          }
+        scalar_t l1[Vec::size()], l2[Vec::size()];
+        a1.store(l1);
+        a2.store(l2);
+        scalar_t sg = 0, sgx = 0;
+        for (int64_t k = 0; k < Vec::size(); ++k) { sg += l1[k]; sgx += l2[k]; }
+        for (; i < M; ++i) {
+          const scalar_t xh = (xr[i] - m) * s;
+          const scalar_t gt = pw ? gr[i] * pw[i] : gr[i];
+          sg += gt;
+          sgx += gt * xh;
+          if (accw) accw[i] += gr[i] * xh;
+          if (accb) accb[i] += gr[i];
+        }
+        if (!pdx) continue;
+        // pass 2: dx = rstd (g~ - mean g~ - xhat mean(g~ xhat))
+        const scalar_t c1 = sg / M, c2 = sgx / M;
+        const Vec vc1(c1), vc2(c2);
+        scalar_t* dxr = pdx + r * M;
+        i = 0;
+        for (; i + Vec::size() <= M; i += Vec::size()) {
+          Vec gt = Vec::loadu(gr + i);
+          if (pw) gt = gt * Vec::loadu(pw + i);
+          const Vec xh = (Vec::loadu(xr + i) - vm) * vs;
+          (vs * (gt - vc1 - xh * vc2)).store(dxr + i);
+        }
+        for (; i < M; ++i) {
+          const scalar_t gt = pw ? gr[i] * pw[i] : gr[i];
+          dxr[i] = s * (gt - c1 - (xr[i] - m) * s * c2);
         }
       }
     });
