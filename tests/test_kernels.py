@@ -292,6 +292,16 @@ def test_bad_backend_and_inputs():
         K.fake_quantize(x, 0.1, 300, 0, 255)
 
 
+def test_autocast_follows_torch():
+    x, w = torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(8)
+    z, t = torch.randn(4, 5, dtype=torch.bfloat16), torch.randint(0, 5, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pairs = [(K.layer_norm(x, 8, w), F.layer_norm(x, (8,), w)), (K.cross_entropy(z, t), F.cross_entropy(z, t))]
+    for ours, theirs in pairs:
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_missing_compiler_is_named(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-c++-compiler")
     with pytest.raises(RuntimeError, match="no-such-c\\+\\+-compiler"):

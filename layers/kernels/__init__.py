@@ -18,9 +18,10 @@ built-in, and picks its implementation with ``backend=``:
     for CPU), and from Python with :func:`torch.library.register_autograd` and
     :func:`torch.library.register_fake`, so autograd, ``torch.compile(fullgraph=True)``
     and :func:`torch.export.export` see one opaque operator per call. Built on
-    first use (see :mod:`layers.kernels._cpp`; about 20 s of compiler CPU time,
-    then cached). CPU, float32 and float64; the backward is not itself
-    differentiable (no double backward).
+    first use (see :mod:`layers.kernels._cpp`; 13-20 s here, one extension for all five ops,
+    then cached). CPU, float32 and float64 (under CPU autocast, ``layer_norm`` and
+    ``cross_entropy`` compute in float32 as torch's do, so bfloat16 inputs are
+    accepted there); the backward is not itself differentiable (no double backward).
 ``"triton"``
     ``@triton.jit`` kernels, forward and backward, for CUDA tensors; without CUDA
     they run in Triton's CPU interpreter (see :mod:`layers.kernels._triton` for
@@ -69,13 +70,15 @@ def _check_backend(where: str, backend: str) -> None:
         raise ValueError(f"{where}: expected backend to be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
-def _check_cpp(where: str, *tensors: Tensor | None) -> None:
+def _check_cpp(where: str, *tensors: Tensor | None, policy: str | None = None) -> None:
+    """CPU tensors of float32/float64 (or any floating dtype that autocast's ``policy`` casts to float32)."""
+    cast = policy is not None and _amp.autocast_dtype("cpu", policy) == torch.float32
     for t in tensors:
         if t is None:
             continue
         if t.device.type != "cpu":
             raise ValueError(f"{where}: backend='cpp' runs on CPU tensors, got a tensor on {t.device}")
-        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64) and not cast:
             raise TypeError(f"{where}: backend='cpp' supports float32 and float64, got {t.dtype}")
     _cpp.ensure_loaded()
 
@@ -120,13 +123,14 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: T
         if t is not None:
             if tuple(t.shape) != shape:
                 raise ValueError(f"{where}: expected {name} of shape {shape}, got {tuple(t.shape)}")
-            check_same_dtype(where, input, t)
+            if _amp.autocast_dtype(input.device.type, "float32") is None:   # autocast casts all to float32
+                check_same_dtype(where, input, t)
             check_same_device(where, input, t)
     M = 1
     for s in shape:
         M *= s
     if backend == "cpp":
-        _check_cpp(where, input, weight, bias)
+        _check_cpp(where, input, weight, bias, policy="float32")
         return _amp.autocast_apply(torch.ops.layers.layer_norm, "float32", input, weight, bias, M, float(eps))[0]
     _triton.check_tensors(where, input, weight, bias)
     return _amp.autocast_apply(_triton.LayerNormTriton.apply, "float32", input, weight, bias, M, float(eps))[0]
@@ -179,7 +183,7 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     z = input.unsqueeze(0) if input.dim() == 1 else input.movedim(1, -1).reshape(-1, C)   # (R, C)
     y = target.reshape(-1).long()                                                          # (R,)
     if backend == "cpp":
-        _check_cpp(where, input)
+        _check_cpp(where, input, policy="float32")
         loss = _amp.autocast_apply(torch.ops.layers.cross_entropy, "float32", z, y, _REDUCTIONS[reduction])[0]
     else:
         _triton.check_tensors(where, input)

@@ -4,7 +4,8 @@ The source is compiled on first use with :func:`torch.utils.cpp_extension.load`
 (``ninja`` drives the compiler) into a shared library that registers the
 operators ``torch.ops.layers.*`` (``is_python_module=False``: the library holds no
 Python module, only ``TORCH_LIBRARY`` registrations). The build directory is
-cached, ``$LAYERS_KERNELS_BUILD_DIR`` or ``~/.cache/layers/kernels/torch-<version>``,
+cached: ``$LAYERS_KERNELS_BUILD_DIR``, else ``$TORCH_EXTENSIONS_DIR/layers_kernels``, else
+``~/.cache/layers/kernels/torch-<version>``,
 so later processes load the library in well under a second; a changed source
 is rebuilt.
 
@@ -55,6 +56,8 @@ def build_dir() -> Path:
     env = os.environ.get("LAYERS_KERNELS_BUILD_DIR")
     if env:
         return Path(env)
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"]) / _NAME
     return Path.home() / ".cache" / "layers" / "kernels" / f"torch-{torch.__version__}"
 
 
@@ -92,7 +95,7 @@ def _cpu_flags() -> set[str]:
 
 
 #: ``-D`` and ``-m`` flags per SIMD level, as torch builds its own kernels for that level.
-_CAPABILITY_FLAGS = {
+_SIMD_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
@@ -105,7 +108,7 @@ def _flags(compiler: str) -> list[str]:
         flags.append("-march=native")
     # The vector width torch itself dispatches to on this CPU (AVX512, AVX2 or DEFAULT).
     level = torch.backends.cpu.get_cpu_capability()
-    extra = _CAPABILITY_FLAGS.get(level, [])
+    extra = _SIMD_FLAGS.get(level, [])
     if extra and all(_accepts(compiler, f) for f in extra if f.startswith("-m")):
         flags += extra
     return flags
