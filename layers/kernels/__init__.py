@@ -19,9 +19,9 @@ built-in, and picks its implementation with ``backend=``:
     :func:`torch.library.register_fake`, so autograd, ``torch.compile(fullgraph=True)``
     and :func:`torch.export.export` see one opaque operator per call. Built on
     first use (see :mod:`layers.kernels._cpp`; 13-20 s here, one extension for all five ops,
-    then cached). CPU, float32 and float64 (under CPU autocast, ``layer_norm`` and
-    ``cross_entropy`` compute in float32 as torch's do, so bfloat16 inputs are
-    accepted there); the backward is not itself differentiable (no double backward).
+    then cached). CPU, float32 and float64; ``layer_norm`` also takes float16 and
+    bfloat16 (computed in float32, returned in the input's dtype, as ``F.layer_norm``)
+    and, under CPU autocast, ``cross_entropy`` computes in float32 as torch's does; the backward is not itself differentiable (no double backward).
 ``"triton"``
     ``@triton.jit`` kernels, forward and backward, for CUDA tensors; without CUDA
     they run in Triton's CPU interpreter (see :mod:`layers.kernels._triton` for
@@ -129,11 +129,17 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: T
     M = 1
     for s in shape:
         M *= s
+    # float16/bfloat16 (or mixed dtypes under autocast): statistics and output in float32, the output
+    # returned in the input's dtype, as F.layer_norm does on CPU.
+    low = input.dtype in (torch.float16, torch.bfloat16) or _amp.autocast_dtype(input.device.type, "float32") is not None
+    args = [t if t is None or not low else t.float() for t in (input, weight, bias)]
     if backend == "cpp":
-        _check_cpp(where, input, weight, bias, policy="float32")
-        return _amp.autocast_apply(torch.ops.layers.layer_norm, "float32", input, weight, bias, M, float(eps))[0]
-    _triton.check_tensors(where, input, weight, bias)
-    return _amp.autocast_apply(_triton.LayerNormTriton.apply, "float32", input, weight, bias, M, float(eps))[0]
+        _check_cpp(where, *args)
+        y = torch.ops.layers.layer_norm(*args, M, float(eps))[0]
+    else:
+        _triton.check_tensors(where, *args)
+        y = _triton.LayerNormTriton.apply(*args, M, float(eps))[0]
+    return y.to(input.dtype) if low else y
 
 
 # --------------------------------------------------------------------------- cross-entropy
