@@ -17,8 +17,9 @@ built-in. Columns:
   built-in's.
 * **bandwidth**: the bytes the op must move at least (each input read and each output written
   once, in forward and in backward; listed per op in :data:`MIN_BYTES`) divided by the time,
-  as a fraction of this machine's copy bandwidth measured in the same run (cloning a 64 MiB
-  tensor, read + write over its time, timed in the same alternating rounds as every op). The elementwise ops are memory bound, so 1.0 is the
+  as a fraction of this machine's copy bandwidth measured in the same run: cloning a 64 MiB
+  tensor (read + write over its time) is one more step in every op's alternating rounds, and
+  its best time over the whole run is the limit. The elementwise ops are memory bound, so 1.0 is the
   roofline: a kernel near it cannot get much faster.
 
 Targets (checked by ``--strict``, which exits 1 when one is missed): cpp ``layer_norm`` <= 1.2x
@@ -218,7 +219,7 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
         forms: forms to run besides the built-in (default: reference and every backend for the device).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    repeats = 3 if quick else 25
+    repeats = 3 if quick else 40
     # The copy that defines the bandwidth runs in the same alternating rounds as every op, so it
     # sees the same machine; its best time over all rounds is the limit.
     big = torch.randn((1 if quick else 16) * 2**20, device=device)          # 4 or 64 MiB
@@ -239,7 +240,7 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
             gbps = MIN_BYTES[op] * numel / t / 1e9
             rows.append(Row(op, f, shape, t * 1e3, times[base] * 1e3, s, saved[base], math.nan, gbps,
                             targets=TARGETS[op] if f == "cpp" else {}, checked=not quick))
-    bandwidth = 2 * big.nbytes / copy_best
+    bandwidth = 2 * big.nbytes / copy_best                           # the best copy of the whole run
     for r in rows:
         r.bandwidth = r.gbps * 1e9 / bandwidth
     return rows, bandwidth
@@ -275,14 +276,18 @@ def write_csv(rows: list[Row], path: Path, bandwidth: float) -> None:
 
 def write_markdown(rows: list[Row], path: Path, header: str, bandwidth: float) -> None:
     lines = [header, "",
-             f"Copy bandwidth (clone of 64 MiB, read + write), measured in the same run: {bandwidth / 1e9:.1f} GB/s.",
+             f"Copy bandwidth (clone of 64 MiB, read + write, timed in every op's rounds), best of the run: "
+             f"{bandwidth / 1e9:.1f} GB/s.",
              "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     lines += ["", "Notes:", "",
               "* time ratio: forward + backward over the built-in's, minimum of alternating repeats after warm-up.",
               "* saved: distinct storages autograd keeps for backward (inputs and parameters not counted).",
               "* of copy bandwidth: minimum bytes the op must move (forward + backward) per second, over the copy "
-              "bandwidth above; 100% is the memory roofline.",
+              "bandwidth above; 100% is the memory roofline (above 100%: some of the tensors stayed "
+              "in cache, which a 64 MiB copy cannot).",
+              "* measured on a machine shared with other jobs: the ratios come from minimum times, but a quiet "
+              "rerun is needed before quoting absolute numbers.",
               "* cross_entropy: the fused form saves its float32 gradient, the same size as the log-softmax the "
               "built-in saves, so its saved ratio is 1.0 (half would need a lower-precision copy).",
               "* reference: the eager autograd.Function of layers; compile: the same under torch.compile."]
