@@ -17,9 +17,10 @@ built-in. Columns:
   built-in's.
 * **bandwidth**: the bytes the op must move at least (each input read and each output written
   once, in forward and in backward; listed per op in :data:`MIN_BYTES`) divided by the time,
-  as a fraction of this machine's copy bandwidth measured in the same run: cloning a 64 MiB
-  tensor (read + write over its time) is one more step in every op's alternating rounds, and
-  its best time over the whole run is the limit. The elementwise ops are memory bound, so 1.0 is the
+  as a fraction of this machine's copy bandwidth measured in the same run: copying a 64 MiB
+  tensor into another (read + write over its time) is one more step in every op's alternating
+  rounds, and its best time over the whole run is the limit. (Into a preallocated tensor: a
+  ``clone`` of 64 MiB gets fresh pages from the OS each time and would time their page faults.) The elementwise ops are memory bound, so 1.0 is the
   roofline: a kernel near it cannot get much faster.
 
 Targets (checked by ``--strict``, which exits 1 when one is missed): cpp ``layer_norm`` <= 1.2x
@@ -201,10 +202,11 @@ def time_min(steps: list[Callable[[], None]], device: torch.device, warmup: int 
 
 
 def copy_bandwidth(device: torch.device | str = "cpu", mib: int = 64, repeats: int = 15) -> float:
-    """Bytes per second of ``x.clone()`` of a ``mib`` MiB float32 tensor (read + write), best of ``repeats``."""
+    """Bytes per second of copying a ``mib`` MiB float32 tensor into another (read + write), best of ``repeats``."""
     device = torch.device(device)
     x = torch.randn(mib * 2**18, device=device)
-    (seconds,) = time_min([lambda: x.clone()], device, warmup=2, repeats=repeats, min_block_s=0.05)
+    y = torch.empty_like(x)
+    (seconds,) = time_min([lambda: y.copy_(x)], device, warmup=2, repeats=repeats, min_block_s=0.05)
     return 2 * x.nbytes / seconds
 
 
@@ -223,6 +225,7 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
     # The copy that defines the bandwidth runs in the same alternating rounds as every op, so it
     # sees the same machine; its best time over all rounds is the limit.
     big = torch.randn((1 if quick else 16) * 2**20, device=device)          # 4 or 64 MiB
+    dst = torch.empty_like(big)
     copy_best = math.inf
     rows = []
     for op, (shape, make, fns) in _cases(quick, device).items():
@@ -230,7 +233,7 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
             continue
         names = [f for f in fns if f == "built-in" or forms is None or f in forms]
         inputs = make()
-        steps = [_step(fns[f], inputs) for f in names] + [lambda: big.clone()]
+        steps = [_step(fns[f], inputs) for f in names] + [lambda: dst.copy_(big)]
         *times, copy_s = time_min(steps, device, repeats=repeats, min_block_s=0.005 if quick else 0.01)
         copy_best = min(copy_best, copy_s)
         saved = [saved_bytes(fns[f], inputs) / 2**20 for f in names]
@@ -276,7 +279,8 @@ def write_csv(rows: list[Row], path: Path, bandwidth: float) -> None:
 
 def write_markdown(rows: list[Row], path: Path, header: str, bandwidth: float) -> None:
     lines = [header, "",
-             f"Copy bandwidth (clone of 64 MiB, read + write, timed in every op's rounds), best of the run: "
+             f"Copy bandwidth (64 MiB copied into a preallocated tensor, read + write, timed in every op's rounds), "
+             "best of the run: "
              f"{bandwidth / 1e9:.1f} GB/s.",
              "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
@@ -284,8 +288,8 @@ def write_markdown(rows: list[Row], path: Path, header: str, bandwidth: float) -
               "* time ratio: forward + backward over the built-in's, minimum of alternating repeats after warm-up.",
               "* saved: distinct storages autograd keeps for backward (inputs and parameters not counted).",
               "* of copy bandwidth: minimum bytes the op must move (forward + backward) per second, over the copy "
-              "bandwidth above; 100% is the memory roofline (above 100%: some of the tensors stayed "
-              "in cache, which a 64 MiB copy cannot).",
+              "bandwidth above; 100% is the memory roofline (above 100%: part of the op's 8-16 MB "
+              "tensors stayed in cache, which a 64 MiB copy cannot).",
               "* measured on a machine shared with other jobs: the ratios come from minimum times, but a quiet "
               "rerun is needed before quoting absolute numbers.",
               "* cross_entropy: the fused form saves its float32 gradient, the same size as the log-softmax the "

@@ -239,8 +239,11 @@ def _register() -> None:
     def fq_setup(ctx, inputs, output):
         ctx.save_for_backward(output[1])                            # one bool per element
 
+    lib.register_fake("layers::fake_quantize_backward")(lambda grad_out, mask: _empty(grad_out))
+
     def fq_backward(ctx, dy, _dmask):
         (mask,) = ctx.saved_tensors
-        return dy * mask if ctx.needs_input_grad[0] else None, None, None, None, None
+        dx = ops.fake_quantize_backward(dy, mask) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None, None
 
     lib.register_autograd("layers::fake_quantize", fq_backward, setup_context=fq_setup)
