@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 import layers
 from layers import kernels as K
-from layers.benchmarking import saved_bytes
+from layers.measuring import saved_bytes
 
 __all__ = ["Row", "MIN_BYTES", "TARGETS", "copy_bandwidth", "run", "format_table", "write_csv", "write_markdown",
            "main"]

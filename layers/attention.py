@@ -117,7 +117,7 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     their gradients come back through this Function. The backward is written
     in differentiable torch ops, so it is itself differentiable.
 
-    Forward-mode AD (:meth:`jvp`), for tangents :math:`\dot Q, \dot K, \dot V, \dot B`:
+    Forward-mode AD (``jvp``), for tangents :math:`\dot Q, \dot K, \dot V, \dot B`:
 
     .. math::
 
@@ -125,7 +125,7 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
         \dot\ell = \operatorname{rowsum}(P \odot \dot S), \qquad
         \dot O = (P \odot \dot S)\,V - \dot\ell\,O + P \dot V .
 
-    Both passes (and :meth:`jvp`) walk over the queries in blocks of
+    Both passes (and ``jvp``) walk over the queries in blocks of
     ``block_size`` rows, so the largest temporary is a ``(..., block_size, S)``
     block of scores, never the whole :math:`L \times S` matrix: forward computes
     each block's scores, row logsumexp and output; backward computes :math:`D`
@@ -142,7 +142,7 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     and zero gradients, as in :func:`torch.nn.functional.scaled_dot_product_attention`.
 
     ``generate_vmap_rule = True``: forward is a pure function of its inputs and
-    the context is filled in :meth:`setup_context`, so ``torch.func.vmap`` runs
+    the context is filled in ``setup_context``, so ``torch.func.vmap`` runs
     the same code over a batch.
     """
 

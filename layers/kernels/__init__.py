@@ -52,9 +52,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _amp, losses, quantization
+from .. import composable, losses
 from .._validation import check_same_device, check_same_dtype, check_tensor
 from ..activations import _check_prelu_input
+from ..quantization.fake import check_qrange, check_scale_values, check_zero_point_values
 from . import _compile, _cpp, _triton, custom_ops
 
 __all__ = ["BACKENDS", "layer_norm", "cross_entropy", "gelu", "prelu", "fake_quantize"]
@@ -72,7 +73,7 @@ def _check_backend(where: str, backend: str) -> None:
 
 def _check_cpp(where: str, *tensors: Tensor | None, policy: str | None = None) -> None:
     """CPU tensors of float32/float64 (or any floating dtype that autocast's ``policy`` casts to float32)."""
-    cast = policy is not None and _amp.autocast_dtype("cpu", policy) == torch.float32
+    cast = policy is not None and composable.autocast_dtype("cpu", policy) == torch.float32
     for t in tensors:
         if t is None:
             continue
@@ -123,7 +124,7 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: T
         if t is not None:
             if tuple(t.shape) != shape:
                 raise ValueError(f"{where}: expected {name} of shape {shape}, got {tuple(t.shape)}")
-            if _amp.autocast_dtype(input.device.type, "float32") is None:   # autocast casts all to float32
+            if composable.autocast_dtype(input.device.type, "float32") is None:   # autocast casts all to float32
                 check_same_dtype(where, input, t)
             check_same_device(where, input, t)
     M = 1
@@ -131,7 +132,7 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: T
         M *= s
     # float16/bfloat16 (or mixed dtypes under autocast): statistics and output in float32, the output
     # returned in the input's dtype, as F.layer_norm does on CPU.
-    low = input.dtype in (torch.float16, torch.bfloat16) or _amp.autocast_dtype(input.device.type, "float32") is not None
+    low = input.dtype in (torch.float16, torch.bfloat16) or composable.autocast_dtype(input.device.type, "float32") is not None
     args = [t if t is None or not low else t.float() for t in (input, weight, bias)]
     if backend == "cpp":
         _check_cpp(where, *args)
@@ -190,10 +191,10 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     y = target.reshape(-1).long()                                                          # (R,)
     if backend == "cpp":
         _check_cpp(where, input, policy="float32")
-        loss = _amp.autocast_apply(torch.ops.layers.cross_entropy, "float32", z, y, _REDUCTIONS[reduction])[0]
+        loss = composable.autocast_apply(torch.ops.layers.cross_entropy, "float32", z, y, _REDUCTIONS[reduction])[0]
     else:
         _triton.check_tensors(where, input)
-        loss = _amp.autocast_apply(_triton.CrossEntropyTriton.apply, "float32", z, y, reduction)[0]
+        loss = composable.autocast_apply(_triton.CrossEntropyTriton.apply, "float32", z, y, reduction)[0]
     return loss.reshape(target.shape) if reduction == "none" else loss
 
 
@@ -279,9 +280,14 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     if backend == "compile":
         return _compile.compiled("fake_quantize")(input, scale, zero_point, quant_min, quant_max)
     check_tensor(input, where)
-    quantization._check_qrange(where, quant_min, quant_max)
-    scale = quantization._scale_value(where, scale)
-    zero_point = quantization._zero_point_value(where, zero_point, quant_min, quant_max)
+    check_qrange(where, quant_min, quant_max)
+    scale_t, zero_point_t = torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(zero_point)
+    for name, t in (("scale", scale_t), ("zero_point", zero_point_t)):
+        if t.numel() != 1:
+            raise ValueError(f"{where}: expected a one-element {name} (per-tensor quantization), got shape {tuple(t.shape)}")
+    check_scale_values(where, scale_t)
+    check_zero_point_values(where, zero_point_t, quant_min, quant_max)
+    scale, zero_point = float(scale_t), int(zero_point_t)        # the operators take Python numbers
     if backend == "cpp":
         _check_cpp(where, input)
         return torch.ops.layers.fake_quantize(input, scale, zero_point, quant_min, quant_max)[0]
