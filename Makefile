@@ -44,9 +44,11 @@ nbval: $(STAMP)
 site-test: book
 	$(BIN)/python tests/site_check.py _build/html
 
-## make bench: time and memory of every layer against its PyTorch built-in (benchmarks/results.*)
+## make bench: time and memory of every layer and every fast kernel against its PyTorch built-in
+## (benchmarks/results.* and benchmarks/kernels_results.*); `make bench STRICT=1` fails on a missed target
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(if $(STRICT),--strict) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.kernels $(if $(STRICT),--strict) $(BENCH_ARGS)
 
 ## make lab: JupyterLab on the book
 lab: $(STAMP)

@@ -33,7 +33,7 @@ Composability: ``Conv2dFunction`` has ``generate_vmap_rule = True`` and a
 \\dot x + \\dot b`). Dynamo cannot trace a Function that defines ``jvp``, so under
 ``torch.compile`` :func:`conv2d` applies a copy without it. Under ``torch.autocast``
 the convolution runs in the autocast dtype, as ``torch.nn.functional.conv2d``
-does (:func:`layers._amp.autocast_apply`, policy ``"lower"``); the bias gradient
+does (:func:`layers.composable.autocast_apply`, policy ``"lower"``); the bias gradient
 is summed in float32 for float16/bfloat16.
 """
 
@@ -233,7 +233,7 @@ class Conv2dFunction(torch.autograd.Function):
         return dy
 
 
-# Under torch.compile, the same Function without its jvp (see layers._compile).
+# Under torch.compile, the same Function without its jvp (see layers.composable.compilable_apply).
 _conv2d_apply = compilable_apply(Conv2dFunction)
 
 

@@ -24,7 +24,7 @@ from the points where the math itself is not (``gamma < 1`` at :math:`p_t = 1`).
 Composability: every Function sets ``generate_vmap_rule = True`` (``torch.func.vmap``,
 ``jacrev``, ``hessian``) and has a ``jvp``. Under ``torch.autocast`` the functional forms
 compute in float32 and return float32, as torch does for its losses
-(:func:`layers._amp.autocast_apply` with ``"float32"``); float16/bfloat16 inputs outside
+(:func:`layers.composable.autocast_apply` with ``"float32"``); float16/bfloat16 inputs outside
 autocast are computed in float32 and the result is cast back. Checks that read tensor
 values (class indices in range) run only in eager mode, so ``torch.compile(fullgraph=True)``
 and ``torch.export`` see no graph break and no host synchronisation.
@@ -88,7 +88,7 @@ def _check_constant(where: str, name: str, t: Tensor | None) -> None:
 
 
 def _apply(apply, *args) -> Tensor:
-    """``apply(*args)`` (a Function's :func:`~layers._compile.compilable_apply`) under autocast's
+    """``apply(*args)`` (a Function's :func:`~layers.composable.compilable_apply`) under autocast's
     float32 policy for losses."""
     return autocast_apply(apply, "float32", *args)
 
@@ -727,7 +727,7 @@ def softmax_focal_loss(input: Tensor, target: Tensor, alpha: Tensor | Sequence[f
                           float(gamma), reduction)
 
 
-# Each Function as torch.compile applies it (see _apply and layers._compile).
+# Each Function as torch.compile applies it (see _apply and layers.composable.compilable_apply).
 _mse_loss_apply = compilable_apply(MSELossFunction)
 _cross_entropy_apply = compilable_apply(CrossEntropyFunction)
 _focal_loss_apply = compilable_apply(FocalLossFunction)
