@@ -45,6 +45,9 @@ __all__ = [
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_TANH_C = 0.044715
+_GELU_TANH_A = 2 * _SQRT_2_OVER_PI                 # 2u = x (A + B x^2)
+_GELU_TANH_B = 2 * _SQRT_2_OVER_PI * _GELU_TANH_C
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _REDUCED = (torch.float16, torch.bfloat16)
 
 
@@ -192,26 +195,39 @@ def tanh(input: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- GELU
+def _normal_cdf(x: Tensor) -> Tensor:
+    r""":math:`\Phi(x) = \tfrac12 \big(1 + \operatorname{erf}(x / \sqrt 2)\big)`. Shape of ``x``."""
+    return 0.5 * (1 + torch.erf(x * _INV_SQRT_2))                      # (*)
+
+
+def _gelu_tanh_gate(x: Tensor) -> Tensor:
+    r""":math:`\sigma(2u)` with :math:`2u = 2\sqrt{2/\pi}\,(x + 0.044715\,x^3)`. Shape of ``x``."""
+    return torch.sigmoid(x * (_GELU_TANH_A + _GELU_TANH_B * (x * x)))  # (*)
+
+
 def _gelu_derivative(x: Tensor, approximate: str) -> Tensor:
     r""":math:`y'(x)` of GELU (see :class:`GELUFunction`), in differentiable ops. Shape of ``x``."""
     if approximate == "none":
-        cdf = torch.special.ndtr(x)                                    # (*) Phi(x)
         pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)                  # (*) phi(x)
-        return cdf + x * pdf                                           # (*) Phi(x) + x phi(x)
-    x2 = x * x                                                         # (*)
-    t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_TANH_C * x2))      # (*) tanh u
-    du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x2)                 # (*) du/dx
-    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du                  # (*)
+        return _normal_cdf(x) + x * pdf                                # (*) Phi(x) + x phi(x)
+    s = _gelu_tanh_gate(x)                                             # (*) sigma(2u)
+    du2 = _GELU_TANH_A + 3 * _GELU_TANH_B * (x * x)                    # (*) d(2u)/dx
+    return s + x * (s * (1 - s)) * du2                                 # (*) s + x s (1 - s) d(2u)/dx
 
 
 class GELUFunction(torch.autograd.Function):
     r"""Gaussian error linear unit, exact or with the tanh approximation.
 
-    Exact: :math:`y = x\,\Phi(x)`, so :math:`y' = \Phi(x) + x\,\varphi(x)`.
+    Exact: :math:`y = x\,\Phi(x)` with :math:`\Phi(x) = \tfrac12 (1 + \operatorname{erf}(x/\sqrt2))`,
+    so :math:`y' = \Phi(x) + x\,\varphi(x)`, :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`.
 
     Tanh approximation: :math:`y = \tfrac12 x\,(1 + \tanh u)` with
-    :math:`u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)`, so
-    :math:`y' = \tfrac12 (1 + \tanh u) + \tfrac12 x\,(1 - \tanh^2 u)\,\sqrt{2/\pi}\,(1 + 3 \cdot 0.044715\,x^2)`.
+    :math:`u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)`. Since
+    :math:`\tfrac12 (1 + \tanh u) = \sigma(2u)` (the logistic sigmoid), this is
+    :math:`y = x\, \sigma(2u)`, and with :math:`s = \sigma(2u)`, :math:`\sigma' = \sigma (1 - \sigma)`:
+    :math:`y' = s + x\, s (1 - s)\, \frac{d(2u)}{dx}`,
+    :math:`\frac{d(2u)}{dx} = 2\sqrt{2/\pi}\,(1 + 3 \cdot 0.044715\,x^2)`.
+    (``torch.sigmoid`` is several times cheaper than ``torch.tanh`` on CPU.)
 
     Backward: :math:`\partial x = g\, y'(x)`; forward-mode: :math:`\dot y = \dot x\, y'(x)`.
     Saves the input. float16 / bfloat16 inputs are computed in float32 and
@@ -227,10 +243,9 @@ class GELUFunction(torch.autograd.Function):
     def forward(x: Tensor, approximate: str) -> Tensor:
         xw = _wide(x)                                                  # (*), float32 if reduced
         if approximate == "none":
-            y = xw * torch.special.ndtr(xw)                            # (*) x Phi(x)
+            y = xw * _normal_cdf(xw)                                   # (*) x Phi(x)
         else:
-            u = _SQRT_2_OVER_PI * xw * (1 + _GELU_TANH_C * xw * xw)    # (*) sqrt(2/pi) (x + 0.044715 x^3)
-            y = 0.5 * xw * (1 + torch.tanh(u))                         # (*)
+            y = xw * _gelu_tanh_gate(xw)                               # (*) x sigma(2u)
         return y.to(x.dtype)
 
     @staticmethod
