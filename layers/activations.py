@@ -48,6 +48,7 @@ _GELU_TANH_C = 0.044715
 _GELU_TANH_A = 2 * _SQRT_2_OVER_PI                 # 2u = x (A + B x^2)
 _GELU_TANH_B = 2 * _SQRT_2_OVER_PI * _GELU_TANH_C
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_HALF_LOG2_E = -0.5 / math.log(2.0)                # e^(-x^2/2) = 2^(-x^2 log2(e) / 2)
 _REDUCED = (torch.float16, torch.bfloat16)
 
 
@@ -208,7 +209,7 @@ def _gelu_tanh_gate(x: Tensor) -> Tensor:
 def _gelu_derivative(x: Tensor, approximate: str) -> Tensor:
     r""":math:`y'(x)` of GELU (see :class:`GELUFunction`), in differentiable ops. Shape of ``x``."""
     if approximate == "none":
-        pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)                  # (*) phi(x)
+        pdf = _INV_SQRT_2PI * torch.exp2(_HALF_LOG2_E * (x * x))      # (*) phi(x) = e^(-x^2/2) / sqrt(2 pi)
         return _normal_cdf(x) + x * pdf                                # (*) Phi(x) + x phi(x)
     s = _gelu_tanh_gate(x)                                             # (*) sigma(2u)
     du2 = _GELU_TANH_A + 3 * _GELU_TANH_B * (x * x)                    # (*) d(2u)/dx
@@ -219,7 +220,9 @@ class GELUFunction(torch.autograd.Function):
     r"""Gaussian error linear unit, exact or with the tanh approximation.
 
     Exact: :math:`y = x\,\Phi(x)` with :math:`\Phi(x) = \tfrac12 (1 + \operatorname{erf}(x/\sqrt2))`,
-    so :math:`y' = \Phi(x) + x\,\varphi(x)`, :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`.
+    so :math:`y' = \Phi(x) + x\,\varphi(x)`, :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`
+    (computed as :math:`2^{-x^2 \log_2(e)/2}`: ``torch.exp2`` is several times
+    cheaper than ``torch.exp`` on CPU).
 
     Tanh approximation: :math:`y = \tfrac12 x\,(1 + \tanh u)` with
     :math:`u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)`. Since
