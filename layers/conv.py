@@ -201,16 +201,10 @@ class Conv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             n = x.shape[0]
             out_ch, cg, kh, kw = weight.shape
-            patches = _patches(x, (kh, kw), stride, padding, dilation)      # (N, C, kh, kw, H_out, W_out)
-            ho, wo = patches.shape[-2:]
-            # sum_n g_n cols_n^T as one product: lay the columns out as (G, K, N*L), one copy.
-            cols = (patches.reshape(n, groups, cg, kh, kw, ho, wo)          # (N, G, C/G, kh, kw, H_out, W_out)
-                    .permute(1, 2, 3, 4, 0, 5, 6)                           # (G, C/G, kh, kw, N, H_out, W_out)
-                    .reshape(groups, cg * kh * kw, n * ho * wo))            # copy: (G, K, N*L)
-            g = (grad_out.reshape(n, groups, out_ch // groups, ho * wo)    # (N, G, O/G, L)
-                 .permute(1, 2, 0, 3)                                       # (G, O/G, N, L)
-                 .reshape(groups, out_ch // groups, n * ho * wo))           # (G, O/G, N*L)
-            dw = torch.matmul(g, cols.transpose(1, 2)).reshape(weight.shape)   # (G, O/G, K) -> (O, C/G, kh, kw)
+            cols = im2col(x, (kh, kw), stride, padding, dilation, groups)   # (N, G, K, L), rebuilt
+            g = grad_out.reshape(n, groups, out_ch // groups, cols.shape[3])  # (N, G, O/G, L)
+            dw_n = torch.matmul(g, cols.transpose(2, 3))                     # g_n cols_n^T: (N, G, O/G, K)
+            dw = dw_n.sum(0).reshape(weight.shape)                           # sum over n -> (O, C/G, kh, kw)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             acc = torch.promote_types(grad_out.dtype, torch.float32)        # float32 sums for float16/bfloat16
             db = grad_out.sum((0, 2, 3), dtype=acc).to(grad_out.dtype)       # (O,)

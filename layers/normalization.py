@@ -9,21 +9,22 @@ channel over every dimension but the channel one (``(N, H, W)`` for images);
 :func:`layer_norm` takes them per sample over the last dimensions.
 
 The backward is the compact closed form (derived in the chapter). With
-:math:`M` values per statistic, :math:`g = \partial L/\partial y`,
-:math:`\tilde g = \gamma g` and sums over those :math:`M` values:
+:math:`g = \partial L/\partial y`, :math:`\tilde g = \gamma g` and bars for means
+over the :math:`M` values of each statistic:
 
 .. math::
 
-    \frac{\partial L}{\partial x} = \frac{1}{M \sqrt{\sigma^2 + \epsilon}}
-        \Big( M \tilde g - \textstyle\sum \tilde g - \hat x \sum \tilde g \hat x \Big), \qquad
+    \frac{\partial L}{\partial x} = \frac{1}{\sqrt{\sigma^2 + \epsilon}}
+        \big( \tilde g - \bar{\tilde g} - \hat x\, \overline{\tilde g \hat x} \big), \qquad
     \frac{\partial L}{\partial \gamma} = \textstyle\sum g \hat x, \qquad
     \frac{\partial L}{\partial \beta} = \textstyle\sum g,
 
 so backward needs only ``x`` and :math:`\gamma`, not the intermediate tensors
 autograd would save for the formula written out op by op: it recomputes
-:math:`\mu, \sigma^2` and :math:`\hat x` from ``x``. Because it recomputes them
-with differentiable torch ops, the same backward is also differentiable
-(``gradgradcheck`` passes): autograd sees how the statistics depend on ``x``.
+:math:`\mu, \sigma^2` and :math:`\hat x` from ``x`` (three elementwise passes).
+Because it recomputes them with differentiable torch ops, the same backward is
+also differentiable (``gradgradcheck`` passes): autograd sees how the
+statistics depend on ``x``.
 
 Low precision: for float16 and bfloat16 inputs the statistics and every sum
 are accumulated in float32 (``x`` is cast once, the result cast back), as
@@ -80,12 +81,20 @@ def _check_param(where: str, x: Tensor, t: Tensor, name: str, shape: tuple[int, 
         raise TypeError(f"{where}: expected input of dtype {t.dtype} (the {name}'s dtype), got {x.dtype}")
 
 
-def _statistics(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """``x`` in the accumulation dtype, its mean and its biased variance over ``dims`` (kept)."""
-    xf = x.to(_accumulation_dtype(x.dtype))                   # float32 for float16/bfloat16
+def _normalize(x: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r""":math:`\hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon}` over ``dims``, in the accumulation dtype.
+
+    Returns ``xhat`` (shape of ``x``) and, with ``dims`` kept as size 1,
+    ``rstd`` :math:`= 1/\sqrt{\sigma^2 + \epsilon}`, the mean :math:`\mu` and the biased
+    variance :math:`\sigma^2`. Three full-size tensors are made: ``x - mu``, its
+    square and ``xhat`` (the means are reductions).
+    """
+    xf = x.to(_accumulation_dtype(x.dtype))                    # float32 for float16/bfloat16
     mean = xf.mean(dims, keepdim=True)                         # mu
-    var = (xf - mean).square().mean(dims, keepdim=True)        # biased variance sigma^2
-    return xf, mean, var
+    xc = xf - mean                                             # x - mu
+    var = (xc * xc).mean(dims, keepdim=True)                   # biased variance sigma^2
+    rstd = (var + eps).rsqrt()                                 # 1 / sigma
+    return xc * rstd, rstd, mean, var                          # xhat, (1/sigma, mu, sigma^2)
 
 
 # -------------------------------------------------------------------------- BatchNorm
@@ -108,19 +117,19 @@ class BatchNormFunction(torch.autograd.Function):
     If running statistics are given they are updated in place (see :func:`batch_norm`);
     they are buffers, not inputs of the differentiated computation.
 
-    Backward, with sums over the :math:`M` values of each channel
-    (:math:`\gamma` is constant over them, so :math:`\sum \tilde g = \gamma \sum g`):
+    Backward, with sums over the :math:`M` values of each channel and bars for
+    their means (:math:`\gamma` is constant over them, so it comes out of the sums):
 
     .. math::
 
-        \partial x = \frac{\gamma}{M \sqrt{\sigma^2+\epsilon}} \Big( M g
-            - \textstyle\sum g - \hat x \sum g \hat x \Big), \quad
+        \partial\beta = \textstyle\sum g, \quad
         \partial\gamma = \textstyle\sum g \hat x, \quad
-        \partial\beta = \textstyle\sum g.
+        \partial x = \frac{\gamma}{\sqrt{\sigma^2+\epsilon}} \big( g
+            - \bar g - \hat x\, \overline{g \hat x} \big)
+            \ \text{ with } \bar g = \tfrac{1}{M}\partial\beta,\ \overline{g \hat x} = \tfrac{1}{M}\partial\gamma.
 
     Saves ``x`` and ``weight``; backward recomputes :math:`\mu, \sigma^2, \hat x`
-    (one pass over ``x``) in differentiable ops, so it is twice differentiable.
-    :math:`\sum g` is both :math:`\partial\beta` and a term of :math:`\partial x`.
+    from ``x`` in differentiable ops, so it is twice differentiable.
 
     Arguments of ``forward``: ``input, weight, bias, running_mean, running_var, momentum, eps``.
     """
@@ -132,8 +141,7 @@ class BatchNormFunction(torch.autograd.Function):
                 running_var: Tensor | None, momentum: float | Tensor, eps: float) -> Tensor:
         dims, shape = _batch_dims(input), _channel_shape(input)
         count = input.numel() // input.shape[1]                          # M
-        xf, mean, var = _statistics(input, dims)                         # (N, C, ...), (1, C, 1, ...) twice
-        xhat = (xf - mean) * (var + eps).rsqrt()                         # (N, C, ...)
+        xhat, _, mean, var = _normalize(input, dims, eps)                # (N, C, ...); mu, sigma^2 (1, C, 1, ...)
         y = xhat if weight is None else xhat * weight.reshape(shape)     # gamma xhat
         y = y if bias is None else y + bias.reshape(shape)               # + beta
         if running_mean is not None and running_var is not None:         # buffers, updated as torch's kernel does
@@ -161,13 +169,11 @@ class BatchNormFunction(torch.autograd.Function):
         if need_x or need_b:
             sum_g = g.sum(dims, keepdim=True)                            # sum g, (1, C, 1, ...)
         if need_x or need_w:
-            xf, mean, var = _statistics(x, dims)                         # (1, C, 1, ...)
-            invstd = (var + ctx.eps).rsqrt()                             # (1, C, 1, ...)
-            xhat = (xf - mean) * invstd                                  # (N, C, ...)
+            xhat, rstd, _, _ = _normalize(x, dims, ctx.eps)              # (N, C, ...); 1/sigma (1, C, 1, ...)
             sum_gxhat = (g * xhat).sum(dims, keepdim=True)               # sum g xhat, (1, C, 1, ...)
         if need_x:
-            k = invstd / count if weight is None else weight.reshape(shape) * invstd / count   # gamma / (M sigma)
-            dx = (k * (count * g - sum_g - xhat * sum_gxhat)).to(x.dtype)                    # (N, C, ...)
+            k = rstd if weight is None else weight.reshape(shape) * rstd                     # gamma / sigma, (1, C, 1, ...)
+            dx = (k * (g - sum_g / count - xhat * (sum_gxhat / count))).to(x.dtype)          # (N, C, ...)
         if need_w:
             dw = sum_gxhat.reshape(-1).to(weight.dtype)                  # (C,)
         if need_b:
@@ -181,13 +187,11 @@ class BatchNormFunction(torch.autograd.Function):
         (bars: means over each channel's :math:`M` values)."""
         x, weight = ctx.saved_tensors
         dims, shape = _batch_dims(x), _channel_shape(x)
-        xf, mean, var = _statistics(x, dims)
-        invstd = (var + ctx.eps).rsqrt()
-        xhat = (xf - mean) * invstd                                      # (N, C, ...)
+        xhat, rstd, _, _ = _normalize(x, dims, ctx.eps)                  # (N, C, ...)
         dy = torch.zeros_like(xhat)
         if dx_t is not None:
             t = dx_t.to(xhat.dtype)
-            dxhat = invstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
+            dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
             dy = dy + (dxhat if weight is None else dxhat * weight.reshape(shape))
         if dw_t is not None:
             dy = dy + xhat * dw_t.reshape(shape)
@@ -448,14 +452,14 @@ class LayerNormFunction(torch.autograd.Function):
     Forward, per sample with :math:`M` values in the normalized dimensions:
     :math:`\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}`, :math:`y = \gamma \hat x + \beta`.
 
-    Backward, with :math:`\tilde g = \gamma g` and sums over the normalized
-    dimensions (:math:`\gamma` varies over them, so it stays inside the sums);
+    Backward, with :math:`\tilde g = \gamma g` and bars for means over the normalized
+    dimensions (:math:`\gamma` varies over them, so it stays inside the means);
     :math:`\partial\gamma, \partial\beta` sum over the leading dimensions:
 
     .. math::
 
-        \partial x = \frac{1}{M \sqrt{\sigma^2+\epsilon}} \Big( M \tilde g
-            - \textstyle\sum \tilde g - \hat x \sum \tilde g \hat x \Big), \quad
+        \partial x = \frac{1}{\sqrt{\sigma^2+\epsilon}} \big( \tilde g
+            - \bar{\tilde g} - \hat x\, \overline{\tilde g \hat x} \big), \quad
         \partial\gamma = \textstyle\sum g \hat x, \quad
         \partial\beta = \textstyle\sum g.
 
@@ -470,8 +474,7 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None, ndim: int, eps: float) -> Tensor:
         dims = tuple(range(input.dim() - ndim, input.dim()))             # normalized dims
-        xf, mean, var = _statistics(input, dims)                         # (*, S), (*, 1, ..., 1) twice
-        xhat = (xf - mean) * (var + eps).rsqrt()                         # (*, S)
+        xhat, _, _, _ = _normalize(input, dims, eps)                     # (*, S)
         y = xhat if weight is None else xhat * weight                    # gamma xhat, broadcasts over *
         y = y if bias is None else y + bias                              # + beta
         return y.to(input.dtype)
@@ -490,18 +493,15 @@ class LayerNormFunction(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         lead = x.dim() - ctx.ndim                                        # leading (batch) dims
         dims = tuple(range(lead, x.dim()))                               # normalized dims
-        count = x.shape[lead:].numel()                                   # M
         g = grad_out.to(_accumulation_dtype(x.dtype))                    # (*, S)
         dx = dw = db = None
         if need_x or need_w:
-            xf, mean, var = _statistics(x, dims)                         # (*, 1, ..., 1)
-            invstd = (var + ctx.eps).rsqrt()                             # (*, 1, ..., 1)
-            xhat = (xf - mean) * invstd                                  # (*, S)
+            xhat, rstd, _, _ = _normalize(x, dims, ctx.eps)              # (*, S); 1/sigma (*, 1, ..., 1)
         if need_x:
             gt = g if weight is None else g * weight                     # g~ = gamma g, (*, S)
-            sum_gt = gt.sum(dims, keepdim=True)                          # sum g~, (*, 1, ..., 1)
-            sum_gtxhat = (gt * xhat).sum(dims, keepdim=True)             # sum g~ xhat, (*, 1, ..., 1)
-            dx = (invstd / count * (count * gt - sum_gt - xhat * sum_gtxhat)).to(x.dtype)   # (*, S)
+            mean_gt = gt.mean(dims, keepdim=True)                        # mean g~, (*, 1, ..., 1)
+            mean_gtxhat = (gt * xhat).mean(dims, keepdim=True)           # mean g~ xhat, (*, 1, ..., 1)
+            dx = (rstd * (gt - mean_gt - xhat * mean_gtxhat)).to(x.dtype)                   # (*, S)
         if need_w:
             dw = _sum_leading(g * xhat, lead).to(weight.dtype)           # S
         if need_b:
@@ -515,13 +515,11 @@ class LayerNormFunction(torch.autograd.Function):
         (bars: means over the normalized dimensions)."""
         x, weight = ctx.saved_tensors
         dims = tuple(range(x.dim() - ctx.ndim, x.dim()))
-        xf, mean, var = _statistics(x, dims)
-        invstd = (var + ctx.eps).rsqrt()
-        xhat = (xf - mean) * invstd
+        xhat, rstd, _, _ = _normalize(x, dims, ctx.eps)                  # (*, S)
         dy = torch.zeros_like(xhat)
         if dx_t is not None:
             t = dx_t.to(xhat.dtype)
-            dxhat = invstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
+            dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
             dy = dy + (dxhat if weight is None else dxhat * weight)
         if dw_t is not None:
             dy = dy + xhat * dw_t

@@ -59,6 +59,31 @@ def test_prelu_matches_torch(num_parameters, shape):
     check_layer(ours, ref, (x,), empty_batch=len(shape) > 0)
 
 
+@pytest.mark.parametrize("slope", [0.25, -0.5])
+def test_prelu_special_values_like_torch(slope):
+    # the slope at exactly 0 is a (as torch), infinities pass through the max/min pieces
+    values = [0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf")]
+    x, xr = (torch.tensor(values, requires_grad=True) for _ in range(2))
+    w, wr = (torch.tensor([slope], requires_grad=True) for _ in range(2))
+    y, yr = layers.prelu(x, w), nn.functional.prelu(xr, wr)
+    torch.testing.assert_close(y, yr)
+    y.sum().backward()
+    yr.sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_values_and_slopes_like_torch_over_a_wide_range(approximate):
+    # the tanh form is computed as x sigmoid(2u) and phi through exp2: same values as torch's
+    x = torch.linspace(-12, 12, 2001, dtype=torch.float64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    y, yr = layers.gelu(x, approximate), nn.functional.gelu(xr, approximate=approximate)
+    torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+    y.sum().backward()
+    yr.sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-12, atol=1e-12)
+
+
 def test_prelu_functional_and_repr():
     w = torch.tensor([0.1, 0.2, 0.3], requires_grad=True)
     x = torch.randn(2, 3, 4, requires_grad=True)
