@@ -320,6 +320,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
 
 def _batch_norm(where, input, running_mean, running_var, weight, bias, training, momentum, eps) -> Tensor:
+    if isinstance(input, Tensor) and input.dim() == 1 and input.numel() == 0:
+        check_tensor(input, where)
+        return input.clone()                    # as torch: an empty 1-D input has no channels
     check_tensor(input, where, min_ndim=2)
     channels = input.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
@@ -363,6 +366,8 @@ class BatchNorm2d(nn.Module):
         track_running_stats: keep running statistics and use them in eval mode;
             if ``False`` batch statistics are used in both modes. Default: ``True``.
         device, dtype: where and in which dtype to create the parameters and buffers.
+        bias: with ``affine``, also learn :math:`\beta`; ``False`` keeps only :math:`\gamma`
+            (keyword-only, as in torch). Default: ``True``.
 
     Shape:
         - Input: :math:`(N, C, H, W)`; output the same.
@@ -383,7 +388,8 @@ class BatchNorm2d(nn.Module):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None) -> None:
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
+                 bias: bool = True) -> None:
         super().__init__()
         if num_features < 1:
             raise ValueError(f"BatchNorm2d: expected num_features >= 1, got {num_features}")
@@ -393,12 +399,8 @@ class BatchNorm2d(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self.weight = nn.Parameter(torch.empty(num_features, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.empty(num_features, **factory)) if affine and bias else None
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -419,8 +421,9 @@ class BatchNorm2d(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics, :math:`\\gamma` to ones and :math:`\\beta` to zeros."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:

@@ -232,3 +232,20 @@ def test_jacobian_through_batch_norm_with_running_stats(jac):
     want = jac(lambda x: nn.functional.batch_norm(x, *ref_stats, training=True))(x)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(stats, ref_stats)
+
+
+def test_batchnorm2d_without_bias_matches_torch_and_loads_its_state():
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(3, bias=False), nn.BatchNorm2d(3, bias=False)
+    assert ours.bias is None and set(ours.state_dict()) == set(ref.state_dict())
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_batch_norm_of_an_empty_1d_input_is_empty_as_in_torch():
+    x = torch.empty(0, requires_grad=True)
+    out = batch_norm(x, torch.empty(0), torch.empty(0), training=True)
+    assert out.shape == (0,)
