@@ -46,9 +46,9 @@ Where the fast forms save work (the numbers are in ``benchmarks/kernels_results.
   into per-thread partial sums).
 
 Errors: an unknown ``backend`` is a ``ValueError``; ``"cpp"`` on a non-CPU tensor a
-``ValueError`` and on a dtype other than float16, bfloat16, float32 and float64 a ``TypeError``; ``"cpp"`` without a C++
-compiler a ``RuntimeError`` naming the compiler; ``"triton"`` on a CPU tensor
-without the interpreter a ``ValueError``.
+``ValueError`` and on a dtype other than float16, bfloat16, float32 and float64 a
+``TypeError``; ``"cpp"`` without a C++ compiler a ``RuntimeError`` naming the compiler;
+``"triton"`` on a CPU tensor without the interpreter a ``ValueError``.
 """
 
 from __future__ import annotations
