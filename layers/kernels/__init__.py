@@ -19,13 +19,17 @@ built-in, and picks its implementation with ``backend=``:
     :func:`torch.library.register_fake`, so autograd, ``torch.compile(fullgraph=True)``
     and :func:`torch.export.export` see one opaque operator per call. Built on
     first use (see :mod:`layers.kernels._cpp`; 13-20 s here, one extension for all five ops,
-    then cached). CPU, float32 and float64; ``layer_norm`` also takes float16 and
-    bfloat16 (computed in float32, returned in the input's dtype, as ``F.layer_norm``)
-    and, under CPU autocast, ``cross_entropy`` computes in float32 as torch's does; the backward is not itself differentiable (no double backward).
+    then cached). CPU tensors; the kernels are compiled for float32 and float64, and
+    float16/bfloat16 inputs are computed in float32 (statistics and sums accumulate in
+    float32) and returned in the input's dtype. Under CPU autocast each op follows torch's:
+    ``layer_norm`` and ``cross_entropy`` in float32, ``prelu`` in the lower precision. The
+    backward is not itself differentiable (no double backward).
 ``"triton"``
     ``@triton.jit`` kernels, forward and backward, for CUDA tensors; without CUDA
     they run in Triton's CPU interpreter (see :mod:`layers.kernels._triton` for
-    when ``TRITON_INTERPRET`` is set). float32 and float64; no double backward.
+    when ``TRITON_INTERPRET`` is set). float32 and float64, float16/bfloat16 computed in
+    float32 as for ``"cpp"``; no double backward. ``torch.compile`` traces these kernels
+    on CUDA only: in the interpreter a kernel is plain Python that Dynamo cannot trace.
 
 Where the fast forms save work (the numbers are in ``benchmarks/kernels_results.md``):
 
@@ -42,12 +46,14 @@ Where the fast forms save work (the numbers are in ``benchmarks/kernels_results.
   into per-thread partial sums).
 
 Errors: an unknown ``backend`` is a ``ValueError``; ``"cpp"`` on a non-CPU tensor a
-``ValueError`` and on another dtype a ``TypeError``; ``"cpp"`` without a C++
-compiler a ``RuntimeError`` naming the compiler; ``"triton"`` on a CPU tensor
-without the interpreter a ``ValueError``.
+``ValueError`` and on a dtype other than float16, bfloat16, float32 and float64 a
+``TypeError``; ``"cpp"`` without a C++ compiler a ``RuntimeError`` naming the compiler;
+``"triton"`` on a CPU tensor without the interpreter a ``ValueError``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -65,22 +71,42 @@ BACKENDS = ("compile", "cpp", "triton")
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
+#: Computed in float32 by the cpp and triton kernels, returned in their own dtype.
+_LOW = (torch.float16, torch.bfloat16)
+
 
 def _check_backend(where: str, backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"{where}: expected backend to be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
+def _widened(fn, *args):
+    """``fn`` on float32 copies of the float16/bfloat16 tensors in ``args``; floating outputs cast back.
+
+    The kernels exist for float32 and float64 only; this is how the lower precisions run
+    in them (every sum in float32, one rounding of the result).
+    """
+    low = next((a.dtype for a in args if isinstance(a, Tensor) and a.dtype in _LOW), None)
+    if low is None:
+        return fn(*args)
+    out = fn(*(a.float() if isinstance(a, Tensor) and a.dtype in _LOW else a for a in args))
+
+    def back(t):
+        return t.to(low) if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    return tuple(back(t) for t in out) if isinstance(out, tuple) else back(out)
+
+
 def _check_cpp(where: str, *tensors: Tensor | None, policy: str | None = None) -> None:
-    """CPU tensors of float32/float64 (or any floating dtype that autocast's ``policy`` casts to float32)."""
+    """CPU tensors of float16/bfloat16/float32/float64 (or any floating dtype that autocast's ``policy`` casts to float32)."""
     cast = policy is not None and composable.autocast_dtype("cpu", policy) == torch.float32
     for t in tensors:
         if t is None:
             continue
         if t.device.type != "cpu":
             raise ValueError(f"{where}: backend='cpp' runs on CPU tensors, got a tensor on {t.device}")
-        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64) and not cast:
-            raise TypeError(f"{where}: backend='cpp' supports float32 and float64, got {t.dtype}")
+        if t.is_floating_point() and t.dtype not in (*_LOW, torch.float32, torch.float64) and not cast:
+            raise TypeError(f"{where}: backend='cpp' supports float16, bfloat16, float32 and float64, got {t.dtype}")
     _cpp.ensure_loaded()
 
 
@@ -115,7 +141,7 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: T
     where = "layer_norm"
     _check_backend(where, backend)
     if backend == "compile":
-        return _compile.compiled("layer_norm")(input, normalized_shape, weight, bias, eps)
+        return _compile.compiled("layer_norm")(input, normalized_shape, weight=weight, bias=bias, eps=eps)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     check_tensor(input, where, min_ndim=len(shape))
     if tuple(input.shape[input.dim() - len(shape):]) != shape:
@@ -171,7 +197,7 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     where = "cross_entropy"
     _check_backend(where, backend)
     if backend == "compile":
-        return _compile.compiled("cross_entropy")(input, target, reduction)
+        return _compile.compiled("cross_entropy")(input, target, reduction=reduction)
     losses._check_reduction(where, reduction)
     check_tensor(input, where, min_ndim=1)
     check_tensor(target, where, "target", floating=False)
@@ -191,10 +217,12 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     y = target.reshape(-1).long()                                                          # (R,)
     if backend == "cpp":
         _check_cpp(where, input, policy="float32")
-        loss = composable.autocast_apply(torch.ops.layers.cross_entropy, "float32", z, y, _REDUCTIONS[reduction])[0]
+        loss = composable.autocast_apply(functools.partial(_widened, torch.ops.layers.cross_entropy), "float32",
+                                         z, y, _REDUCTIONS[reduction])[0]
     else:
         _triton.check_tensors(where, input)
-        loss = composable.autocast_apply(_triton.CrossEntropyTriton.apply, "float32", z, y, reduction)[0]
+        loss = composable.autocast_apply(functools.partial(_widened, _triton.CrossEntropyTriton.apply), "float32",
+                                         z, y, reduction)[0]
     return loss.reshape(target.shape) if reduction == "none" else loss
 
 
@@ -219,9 +247,9 @@ def gelu(input: Tensor, *, backend: str = "cpp") -> Tensor:
     check_tensor(input, where)
     if backend == "cpp":
         _check_cpp(where, input)
-        return torch.ops.layers.gelu(input)
+        return _widened(torch.ops.layers.gelu, input)
     _triton.check_tensors(where, input)
-    return _triton.GELUTriton.apply(input)
+    return _widened(_triton.GELUTriton.apply, input)
 
 
 # ----------------------------------------------------------------------------------- PReLU
@@ -247,9 +275,11 @@ def prelu(input: Tensor, weight: Tensor, *, backend: str = "cpp") -> Tensor:
     _check_prelu_input(where, input, weight)
     if backend == "cpp":
         _check_cpp(where, input, weight)
-        return torch.ops.layers.prelu(input, weight)
-    _triton.check_tensors(where, input, weight)
-    return _triton.PReLUTriton.apply(input, weight)
+        op = torch.ops.layers.prelu
+    else:
+        _triton.check_tensors(where, input, weight)
+        op = _triton.PReLUTriton.apply
+    return composable.autocast_apply(functools.partial(_widened, op), "lower", input, weight)   # as torch's prelu
 
 
 # --------------------------------------------------------------------------- fake quantize
@@ -278,7 +308,8 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     where = "fake_quantize"
     _check_backend(where, backend)
     if backend == "compile":
-        return _compile.compiled("fake_quantize")(input, scale, zero_point, quant_min, quant_max)
+        return _compile.compiled("fake_quantize")(input, scale, zero_point=zero_point, quant_min=quant_min,
+                                                 quant_max=quant_max)
     check_tensor(input, where)
     check_qrange(where, quant_min, quant_max)
     scale_t, zero_point_t = torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(zero_point)
@@ -290,6 +321,6 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     scale, zero_point = float(scale_t), int(zero_point_t)        # the operators take Python numbers
     if backend == "cpp":
         _check_cpp(where, input)
-        return torch.ops.layers.fake_quantize(input, scale, zero_point, quant_min, quant_max)[0]
+        return _widened(torch.ops.layers.fake_quantize, input, scale, zero_point, quant_min, quant_max)[0]
     _triton.check_tensors(where, input)
-    return _triton.FakeQuantizeTriton.apply(input, scale, zero_point, quant_min, quant_max)[0]
+    return _widened(_triton.FakeQuantizeTriton.apply, input, scale, zero_point, quant_min, quant_max)[0]

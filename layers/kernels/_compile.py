@@ -8,7 +8,6 @@ fuses the elementwise steps of forward and of backward into C++ loops; the hand-
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -26,7 +25,15 @@ _REFERENCES: dict[str, Callable] = {
 }
 
 
-@functools.cache
+_COMPILED: dict[str, Callable] = {}
+
+
 def compiled(name: str) -> Callable:
-    """The reference functional form ``name`` under ``torch.compile`` (built once, then reused)."""
-    return torch.compile(_REFERENCES[name])
+    """The reference functional form ``name`` under ``torch.compile`` (built once, then reused).
+
+    A plain dict rather than ``functools.cache``: when this is itself called under
+    ``torch.compile``, Dynamo traces the lookup instead of warning about a cache wrapper.
+    """
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(_REFERENCES[name])
+    return _COMPILED[name]

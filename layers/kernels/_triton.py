@@ -64,9 +64,10 @@ def check_tensors(where: str, *tensors: Tensor) -> None:
                 "without CUDA, set TRITON_INTERPRET=1 before triton is imported to run the kernels in "
                 "Triton's interpreter")
     dtypes = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
-    bad = dtypes - {torch.float32, torch.float64}
+    bad = dtypes - {torch.float16, torch.bfloat16, torch.float32, torch.float64}   # the first two run in float32
     if bad:
-        raise TypeError(f"{where}: backend='triton' supports float32 and float64, got {sorted(map(str, bad))}")
+        raise TypeError(f"{where}: backend='triton' supports float16, bfloat16, float32 and float64, "
+                        f"got {sorted(map(str, bad))}")
 
 
 def _grid(n: int, block: int) -> tuple[int]:
