@@ -5,9 +5,10 @@ Taught in the chapter "Custom layers in practice" (``book/practice.ipynb``).
 ``torch.export`` (and the dynamo-based ONNX exporter built on it) traces a
 custom ``autograd.Function`` by running its ``forward`` on symbolic tensors, so
 a layer whose forward is made of standard torch ops exports as those ops: that
-is the *decomposition* of the custom Function. Sub-8-bit fake quantization has
-no ONNX operator of its own (``QuantizeLinear`` is 8-bit), and it exports as
-``Mul``, ``Round``, ``Max``/``Min`` and ``Sub`` instead. One op of that
+is the *decomposition* of the custom Function. A fake quantizer exports as
+``Mul``, ``Round``, ``Max``/``Min`` and ``Sub``, which works at any bit width;
+``QuantizeLinear``/``DequantizeLinear`` would cover 8 bits, 4 bits (int4/uint4,
+opset 21) and 2 bits (int2/uint2, opset 25), but not 3, 5, 6 or 7. One op of that
 decomposition, ``fmax``/``fmin`` (maximum that ignores NaN), has no ONNX
 translation in the exporter; :func:`onnx_translations` registers one
 (``Max`` plus ``IsNaN``/``Where``) and :func:`onnx_roundtrip` passes it on.
