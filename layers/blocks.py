@@ -134,7 +134,7 @@ class DepthwiseSeparableConv2d(nn.Module):
         return self.relu(self.bn2(self.pointwise(x)))          # (N, C_out, H_out, W_out)
 
     def cost(self, height: int, width: int) -> dict[str, int]:
-        """Parameters and multiply-adds of the two convolutions (see :func:`conv2d_cost`)."""
+        """Parameters and multiply-adds of the two convolutions (see :func:`layers.conv.conv2d_cost`)."""
         d, p = self.depthwise, self.pointwise
         dw = conv2d_cost(d.in_channels, d.out_channels, d.kernel_size, height, width, d.stride,
                          d.padding, d.dilation, d.groups, bias=False)

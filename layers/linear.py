@@ -131,7 +131,7 @@ class Linear(nn.Linear):
     is tensor parallelism: ``parallelize_module`` with ``ColwiseParallel`` /
     ``RowwiseParallel`` refuses any other module. As a subclass this layer gets
     nn.Linear's constructor, ``reset_parameters`` and ``extra_repr`` unchanged,
-    and only :meth:`forward` is ours: it calls :func:`linear`, the hand-written
+    and only ``forward`` is ours: it calls :func:`linear`, the hand-written
     :class:`LinearFunction`, which also works on the ``DTensor`` shards those
     tools create.
 

@@ -375,8 +375,8 @@ class CheckSetup:
         self.name = (layer.__class__.__name__ if isinstance(layer, nn.Module)
                      else getattr(layer, "__name__", repr(layer)))
 
-    def build(self, obj, inputs: Sequence | None = None, **kw) -> _Case:
-        """A :class:`_Case` of ``obj`` (the layer or the reference); the reference gets the layer's state."""
+    def build(self, obj, inputs: Sequence | None = None, **kw) -> "_Case":
+        """A ``_Case`` of ``obj`` (the layer or the reference); the reference gets the layer's state."""
         case = _Case(obj, self.inputs if inputs is None else inputs, self.diff, **kw)
         if (obj is self.reference and self.sync_state and isinstance(obj, nn.Module)
                 and isinstance(self.layer, nn.Module)):

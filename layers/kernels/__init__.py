@@ -1,7 +1,7 @@
 """Fast forms of five costly layers: ``torch.compile``, C++ operators and Triton kernels.
 
 Taught in the chapter "Making a custom layer fast". Each function here computes
-the same thing as a reference ``autograd.Function`` of :mod:`layers` and as a torch
+the same thing as a reference ``autograd.Function`` of ``layers`` and as a torch
 built-in, and picks its implementation with ``backend=``:
 
 ``"compile"``

@@ -1,7 +1,7 @@
 """One layer registered two ways: as an ``autograd.Function`` and as a ``torch.library.custom_op``.
 
 The reference GELU of :mod:`layers.activations` (:class:`~layers.activations.GELUFunction`) is
-already an ``autograd.Function``. :func:`reference_gelu` registers the same forward and the same
+already an ``autograd.Function``. ``reference_gelu`` registers the same forward and the same
 derivative as a custom operator ``torch.ops.layers.reference_gelu``:
 
 * ``torch.library.custom_op`` declares the operator (its schema is read from the type hints) and
