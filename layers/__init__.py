@@ -20,6 +20,7 @@ module                     chapter
 ``layers.measuring``       Custom layers in practice (speed and memory)
 ``layers.references``      (plain-torch references for tests, benchmarks, chapters)
 ``layers.teaching``        (exercise feedback used by every chapter)
+``layers.composable``      (autocast, torch.compile and value-check helpers of every layer)
 ``layers.export``          Custom layers in practice (deployment)
 ``layers.robustness``      Custom layers in practice (adversarial examples)
 ``layers.parallel``        Custom layers in practice (tensor parallelism)

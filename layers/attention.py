@@ -24,8 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._amp import autocast_apply, autocast_dtype
-from ._compile import compilable_apply
+from .composable import autocast_apply, autocast_dtype, compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 from .linear import Linear, linear
 

@@ -45,8 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._amp import autocast_apply
-from ._compile import compilable_apply
+from .composable import autocast_apply, compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 
 __all__ = ["Conv2dFunction", "conv2d", "im2col", "conv_output_size", "conv2d_cost", "Conv2d"]

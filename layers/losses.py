@@ -38,8 +38,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._amp import autocast_apply
-from ._compile import compilable_apply, values_checkable
+from .composable import autocast_apply, compilable_apply, values_checkable
 from ._validation import check_same_device, check_tensor
 
 __all__ = [

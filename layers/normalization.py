@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._compile import compilable_apply
+from .composable import compilable_apply
 from ._validation import check_same_device, check_tensor
 
 __all__ = [

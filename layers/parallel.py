@@ -61,7 +61,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from ._amp import autocast_dtype
+from .composable import autocast_dtype
 from ._validation import check_same_device, check_same_dtype, check_tensor
 from .activations import GELU, ReLU, relu
 from .attention import MultiHeadAttention

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._amp import autocast_apply, autocast_dtype
+from .composable import autocast_apply, autocast_dtype, compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
-from ._compile import compilable_apply
 
 __all__ = ["ScaleFunction", "Scale"]
 

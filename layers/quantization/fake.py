@@ -24,8 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._amp import autocast_apply
-from .._compile import compilable_apply, values_checkable
+from ..composable import autocast_apply, compilable_apply, values_checkable
 from .._validation import check_tensor
 
 __all__ = ["quant_range", "qparams_from_range", "sqnr", "FakeQuantizeFunction",

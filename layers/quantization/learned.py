@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._compile import compilable_apply, values_checkable
+from ..composable import compilable_apply, values_checkable
 from .._validation import check_tensor
 from .fake import (check_scale_values,
                    check_zero_point_values, check_bits, check_finite, check_qrange, qparams_from_range,

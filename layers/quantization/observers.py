@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..composable import values_checkable
 from .._validation import check_tensor
-from .._compile import values_checkable
 from .fake import check_bits, check_finite, fake_quantize, qparams_from_range, quant_range
 
 __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "MSEObserver", "mse_clip_search"]

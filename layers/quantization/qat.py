@@ -25,9 +25,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..composable import values_checkable
 from ..conv import Conv2d, conv2d
 from ..linear import Linear, linear
-from .._compile import values_checkable
 from .fake import check_bits, fake_quantize, quant_range
 from .learned import LSQQuantizer, PACTQuantizer
 from .observers import make_observer
