@@ -12,9 +12,12 @@ functional form uses these helpers around its ``autograd.Function``:
 
 Autocast
 --------
-``torch.autocast`` rewrites calls to ATen operators; it never sees inside a custom
-``autograd.Function``. So each layer's functional form decides, before calling its
-Function, what autocast would have done to the equivalent torch op:
+``torch.autocast`` rewrites calls to ATen operators one by one: inside a custom
+``autograd.Function`` it casts each op of ``forward`` by that op's own rule (a matmul to
+bfloat16, the next op not), it does not know the Function as one operation, and it is
+off while autograd runs ``backward``, whose dtypes then need not match. So each layer's
+functional form decides, before calling its Function, what autocast would have done to
+the equivalent torch op:
 
 ``"lower"``
     matmul-like ops (linear, conv, attention's products, prelu on CPU): the floating

@@ -82,7 +82,9 @@ def check_layer_exercise(
             tensors that require grad, so ``gradcheck`` runs).
         what: how to name the answer in the printed line.
         composable: also run the vmap, forward-AD, compile and low-precision
-            checks (off by default: an exercise is about the backward).
+            checks (off by default: an exercise is about the backward). A
+            Function with its own ``jvp`` passes the compile check only when
+            applied through :func:`layers.composable.compilable_apply`.
         **checks: further keyword switches for :func:`~layers.testing.check_layer`.
 
     Returns:
