@@ -50,7 +50,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .composable import compilable_apply
+from .composable import autocast_apply, compilable_apply
 from ._validation import check_same_device, check_tensor
 
 __all__ = [
@@ -577,6 +577,9 @@ def _layer_norm(where, input, normalized_shape, weight, bias, eps) -> Tensor:
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             _check_param(where, input, t, name, shape)
+    if input.device.type == "cuda":
+        # CUDA autocast runs layer_norm in float32 (CPU autocast keeps the input's dtype)
+        return autocast_apply(_layer_norm_apply, "float32", input, weight, bias, len(shape), eps)
     return _layer_norm_apply(input, weight, bias, len(shape), eps)
 
 
