@@ -38,7 +38,7 @@ unit: $(STAMP)
 
 nbval: $(STAMP)
 	MPLBACKEND=module://matplotlib_inline.backend_inline \
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -q
 
 ## make site-test: build the site, open every page in headless Chromium, check links
 site-test: book
