@@ -117,13 +117,18 @@ def plot_histograms(
 
 def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
                          title: str = "Training") -> Figure:
-    """Loss and test accuracy per epoch for one or more runs (histories from :func:`layers.training.fit`)."""
+    """Loss and held-out accuracy per epoch for one or more runs (histories from :func:`layers.training.fit`).
+
+    The accuracy panel shows ``val_acc`` when the histories have it (a run with a
+    validation split), else ``test_acc``.
+    """
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
+    held = "val" if all("val_acc" in h for h in histories.values()) else "test"
     for label, h in histories.items():
         ax_l.plot(h["epoch"], h["loss"], marker="o", ms=3, label=label)
-        ax_a.plot(h["epoch"], h["test_acc"], marker="o", ms=3, label=label)
+        ax_a.plot(h["epoch"], h[f"{held}_acc"], marker="o", ms=3, label=label)
     ax_l.set(title="training loss", xlabel="epoch", ylabel="mean cross-entropy")
-    ax_a.set(title="test accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_a.set(title=f"{'validation' if held == 'val' else 'test'} accuracy", xlabel="epoch", ylabel="accuracy")
     return _finish_panels(fig, (ax_l, ax_a), title)
 
 

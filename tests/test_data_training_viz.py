@@ -119,3 +119,10 @@ def test_cosine_schedule_decays_the_rate_to_zero():
     assert last_step < 0.05 * first_step
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(frozen_end, data, epochs=1, lr_schedule="step")
+
+
+def test_training_curves_show_validation_accuracy_when_the_run_has_it():
+    history = {"epoch": [1, 2], "loss": [1.0, 0.5], "train_acc": [0.5, 0.7], "val_acc": [0.4, 0.6]}
+    fig = viz.plot_training_curves({"run": history})
+    assert fig.axes[1].get_title() == "validation accuracy"
+    assert list(fig.axes[1].lines[0].get_ydata()) == [0.4, 0.6]
