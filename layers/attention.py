@@ -158,7 +158,8 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
         for start, stop in _blocks(q.shape[-2], block_size):
             s = _scores(q[..., start:stop, :], k, _mask_rows(mask, start, stop), is_causal, scale,
                         row0=start)                                    # (..., Lb, S)
-            row_max = s.amax(dim=-1, keepdim=True)                     # (..., Lb, 1)
+            row_max = (s.amax(dim=-1, keepdim=True) if s.shape[-1] > 0     # (..., Lb, 1)
+                       else s.new_zeros(*s.shape[:-1], 1))             # no keys (S = 0): a fully masked row
             row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)   # fully masked row: no -inf - -inf
             e = torch.exp(s - row_max)                                 # (..., Lb, S), in [0, 1]
             denom = e.sum(dim=-1, keepdim=True)                        # (..., Lb, 1), 0 if fully masked
@@ -579,6 +580,11 @@ class MultiHeadAttention(nn.Module):
                              f"(shape {tuple(query.shape)})")
         check_tensor(key, where, "key", ndim=query.dim(), size={-1: self.kdim})
         check_tensor(value, where, "value", ndim=query.dim(), size={-1: self.vdim})
+        param = self.out_proj.weight                                  # checked here, so the message names us
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            check_same_device(where, t, param, name)
+            if autocast_dtype(t.device.type, "lower") is None:        # under autocast all are cast
+                check_same_dtype(where, t, param, name)
         unbatched = query.dim() == 2
         if unbatched:                                                 # (L, E) -> (1, L, E)
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
