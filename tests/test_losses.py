@@ -128,9 +128,10 @@ def test_cross_entropy_other_shapes(logit_shape, target_shape):
     x = leaf(*logit_shape)
     C = logit_shape[0] if len(logit_shape) == 1 else logit_shape[1]
     y = torch.randint(0, C, target_shape)
-    w = torch.rand(C, dtype=torch.float64) + 0.5
-    check_layer(lambda a, b: cross_entropy(a, b, w, label_smoothing=0.1),
-                lambda a, b: F.cross_entropy(a, b, w, label_smoothing=0.1), (x, y), empty_batch=len(logit_shape) > 1)
+    w = torch.rand(C, dtype=torch.float64) + 0.5                  # follows the input's dtype, as a buffer
+    check_layer(lambda a, b: cross_entropy(a, b, w.to(a.dtype), label_smoothing=0.1),
+                lambda a, b: F.cross_entropy(a, b, w.to(a.dtype), label_smoothing=0.1), (x, y),
+                empty_batch=len(logit_shape) > 1)
 
 
 def test_cross_entropy_custom_ignore_index_and_all_ignored():
