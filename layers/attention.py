@@ -99,8 +99,8 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     share their batch dimensions; ``attn_mask`` (``None``, boolean with ``True``
     = takes part, or an additive float :math:`B`) broadcasts to ``(..., L, S)``.
     Only ``q, k, v``, the mask and ``lse`` are saved for backward (``jvp`` also
-    reads ``out``); backward recomputes :math:`P = e^{S - \ell}` and, for upstream gradients :math:`dO`
-    and :math:`d\ell`, computes
+    reads ``out``); backward recomputes :math:`P = e^{S - \ell}` and, for
+    upstream gradients :math:`dO` and :math:`d\ell`, computes
 
     .. math::
 
@@ -114,8 +114,9 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     along, so a learned attention bias trains. The :math:`d\ell` term is the
     gradient of the logsumexp output (:math:`\partial \ell_i / \partial S_{ij} = P_{ij}`);
     it is there because ``lse`` is an output that is saved: a loss on it, or a
-    double backward, sends its gradient back through this Function. The backward is written
-    in differentiable torch ops, so it is itself differentiable.
+    double backward, sends its gradient back through this Function. The
+    backward is written in differentiable torch ops, so it is itself
+    differentiable.
 
     Forward-mode AD (``jvp``), for tangents :math:`\dot Q, \dot K, \dot V, \dot B`:
 
@@ -130,8 +131,8 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     block of scores, never the whole :math:`L \times S` matrix: forward computes
     each block's scores, row logsumexp and output; backward, per block,
     recomputes :math:`P` from :math:`\ell`, computes :math:`dP` and the block's
-    :math:`D`, gives that block's :math:`dQ` (and mask rows) and adds its share of :math:`dV` and
-    :math:`dK`. Each query row is independent of the others, so the result does
+    :math:`D`, gives that block's :math:`dQ` (and mask rows) and adds its share
+    of :math:`dV` and :math:`dK`. Each query row is independent of the others, so the result does
     not depend on ``block_size`` (up to rounding).
 
     float16/bfloat16 inputs are computed in float32 (products, row maximum,
