@@ -4,7 +4,7 @@ Taught in the chapter "Attention" (``book/attention.ipynb``).
 
 :class:`ScaledDotProductAttentionFunction` computes
 :math:`\\operatorname{softmax}(s\\,QK^\\top + B)\\,V` and saves only ``q, k, v``, the
-mask, the output and the per-row logsumexp for backward, never the
+mask and the per-row logsumexp for backward, never the
 :math:`L \\times S` probability matrix: backward recomputes the probabilities
 from the logsumexp, as memory-efficient and flash attention do. Forward and
 backward walk over the queries in blocks of rows, so no :math:`L \\times S`
@@ -98,14 +98,14 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     :math:`\ell_i = \log \sum_j e^{S_{ij}}`, shape ``(..., L)``. ``q, k, v``
     share their batch dimensions; ``attn_mask`` (``None``, boolean with ``True``
     = takes part, or an additive float :math:`B`) broadcasts to ``(..., L, S)``.
-    Only ``q, k, v``, the mask, ``out`` and ``lse`` are saved; backward
-    recomputes :math:`P = e^{S - \ell}` and, for upstream gradients :math:`dO`
-    and :math:`d\ell`, computes
+    Only ``q, k, v``, the mask and ``lse`` are saved for backward (``jvp`` also
+    reads ``out``); backward recomputes :math:`P = e^{S - \ell}` and, for
+    upstream gradients :math:`dO` and :math:`d\ell`, computes
 
     .. math::
 
         dV = P^\top dO, \qquad dP = dO\,V^\top, \qquad
-        D = \operatorname{rowsum}(dO \odot O) = \operatorname{rowsum}(P \odot dP),
+        D = \operatorname{rowsum}(P \odot dP) = \operatorname{rowsum}(dO \odot O),
 
         dS = P \odot (dP - D\,\mathbf{1}^\top + d\ell\,\mathbf{1}^\top), \qquad
         dB = dS, \qquad dQ = s\,dS\,K, \qquad dK = s\,dS^\top Q .
@@ -113,9 +113,10 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     :math:`dB` is summed over the dimensions the float mask was broadcast
     along, so a learned attention bias trains. The :math:`d\ell` term is the
     gradient of the logsumexp output (:math:`\partial \ell_i / \partial S_{ij} = P_{ij}`);
-    it is there because ``out`` and ``lse`` are saved: in a double backward
-    their gradients come back through this Function. The backward is written
-    in differentiable torch ops, so it is itself differentiable.
+    it is there because ``lse`` is an output that is saved: a loss on it, or a
+    double backward, sends its gradient back through this Function. The
+    backward is written in differentiable torch ops, so it is itself
+    differentiable.
 
     Forward-mode AD (``jvp``), for tangents :math:`\dot Q, \dot K, \dot V, \dot B`:
 
@@ -128,15 +129,25 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     Both passes (and ``jvp``) walk over the queries in blocks of
     ``block_size`` rows, so the largest temporary is a ``(..., block_size, S)``
     block of scores, never the whole :math:`L \times S` matrix: forward computes
-    each block's scores, row logsumexp and output; backward computes :math:`D`
-    once, then per block recomputes :math:`P` from :math:`\ell`, gives that
-    block's :math:`dQ` (and mask rows) and adds its share of :math:`dV` and
-    :math:`dK`. Each query row is independent of the others, so the result does
+    each block's scores, row logsumexp and output; backward, per block,
+    recomputes :math:`P` from :math:`\ell`, computes :math:`dP` and the block's
+    :math:`D`, gives that block's :math:`dQ` (and mask rows) and adds its share
+    of :math:`dV` and :math:`dK`. Each query row is independent of the others, so the result does
     not depend on ``block_size`` (up to rounding).
 
     float16/bfloat16 inputs are computed in float32 (products, row maximum,
     logsumexp and sums), as fused attention kernels accumulate; ``out`` and the
-    gradients come back in the input dtype, ``lse`` stays float32.
+    gradients come back in the input dtype, ``lse`` stays float32. That is why
+    :math:`D` is the row sum of :math:`P \odot dP`, both float32 in the block, and
+    not of :math:`dO \odot O` (the same number in exact arithmetic): ``out`` is
+    rounded to the input dtype, and in float16 that rounding, amplified in
+    :math:`dS`, made :math:`dK` and :math:`dQ` several times less accurate than
+    torch's kernel, which also sums :math:`P \odot dP`. The recomputed rows of
+    :math:`P` are divided by their sum (1 in exact arithmetic): with large scores
+    :math:`\ell` is large, its rounding scales a whole row of :math:`e^{S - \ell}`
+    by :math:`1 + \delta`, and :math:`dP - D` would turn that into an error of
+    :math:`\delta D`; renormalized, the float32 gradients are as accurate as
+    torch's (about half its error on scores of a few hundred).
 
     A fully masked row (every score ``-inf``) has ``out = 0``, ``lse = -inf``
     and zero gradients, as in :func:`torch.nn.functional.scaled_dot_product_attention`.
@@ -158,7 +169,8 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
         for start, stop in _blocks(q.shape[-2], block_size):
             s = _scores(q[..., start:stop, :], k, _mask_rows(mask, start, stop), is_causal, scale,
                         row0=start)                                    # (..., Lb, S)
-            row_max = s.amax(dim=-1, keepdim=True)                     # (..., Lb, 1)
+            row_max = (s.amax(dim=-1, keepdim=True) if s.shape[-1] > 0     # (..., Lb, 1)
+                       else s.new_zeros(*s.shape[:-1], 1))             # no keys (S = 0): a fully masked row
             row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)   # fully masked row: no -inf - -inf
             e = torch.exp(s - row_max)                                 # (..., Lb, S), in [0, 1]
             denom = e.sum(dim=-1, keepdim=True)                        # (..., Lb, 1), 0 if fully masked
@@ -172,22 +184,20 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         q, k, v, attn_mask, is_causal, scale, block_size = inputs
         out, lse = output
-        ctx.save_for_backward(q, k, v, attn_mask, out, lse)           # no (L, S) tensor is saved
+        ctx.save_for_backward(q, k, v, attn_mask, lse)                # no (L, S) tensor is saved
         ctx.save_for_forward(q, k, v, attn_mask, out, lse)
         ctx.is_causal, ctx.scale, ctx.block_size = is_causal, scale, block_size
 
     @staticmethod
     def backward(ctx, dout: Tensor, dlse: Tensor):
-        q, k, v, attn_mask, out, lse = ctx.saved_tensors
+        q, k, v, attn_mask, lse = ctx.saved_tensors
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
         dq = dk = dv = dmask = None
         dtypes = q.dtype, k.dtype, v.dtype
         ct, scale = _compute_dtype(q.dtype), ctx.scale
-        q, k, v, out, dout, dlse = (t.to(ct) for t in (q, k, v, out, dout, dlse))
+        q, k, v, dout, dlse = (t.to(ct) for t in (q, k, v, dout, dlse))
         mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(ct)
         need_s = need_q or need_k or need_mask
-        if need_s:
-            d_row = (dout * out).sum(dim=-1, keepdim=True)             # (..., L, 1): D = rowsum(dO * O)
         safe_lse = lse.masked_fill(lse == float("-inf"), float("inf"))   # (..., L); fully masked -> P = 0
         dq_blocks, dmask_blocks = [], []
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)              # (..., S, E), (..., S, Ev): sums over blocks
@@ -195,12 +205,16 @@ class ScaledDotProductAttentionFunction(torch.autograd.Function):
             q_blk, mask_blk = q[..., start:stop, :], _mask_rows(mask, start, stop)   # (..., Lb, E)
             s = _scores(q_blk, k, mask_blk, ctx.is_causal, scale, row0=start)        # (..., Lb, S), recomputed
             p = torch.exp(s - safe_lse[..., start:stop].unsqueeze(-1))              # (..., Lb, S): P = e^(S - lse)
+            total = p.sum(dim=-1, keepdim=True)                                      # (..., Lb, 1): 1 up to rounding
+            p = p / torch.where(total > 0, total, torch.ones_like(total))           # (..., Lb, S): rows sum to 1
+                                                                                     # (fully masked: stay 0)
             do = dout[..., start:stop, :]                                            # (..., Lb, Ev)
             if need_v:
                 dv = dv + p.transpose(-2, -1) @ do                   # (..., S, Lb) @ (..., Lb, Ev) -> (..., S, Ev)
             if need_s:
                 dp = do @ v.transpose(-2, -1)                        # (..., Lb, Ev) @ (..., Ev, S) -> (..., Lb, S)
-                ds = p * (dp - d_row[..., start:stop, :] + dlse[..., start:stop].unsqueeze(-1))  # (..., Lb, S)
+                d_row = (p * dp).sum(dim=-1, keepdim=True)           # (..., Lb, 1): D = rowsum(P * dP)
+                ds = p * (dp - d_row + dlse[..., start:stop].unsqueeze(-1))  # (..., Lb, S)
             if need_mask:
                 dmask_blocks.append(ds.sum_to_size(mask_blk.shape))  # (..., Lb, S) -> the mask's block shape
             if need_q:
@@ -579,6 +593,11 @@ class MultiHeadAttention(nn.Module):
                              f"(shape {tuple(query.shape)})")
         check_tensor(key, where, "key", ndim=query.dim(), size={-1: self.kdim})
         check_tensor(value, where, "value", ndim=query.dim(), size={-1: self.vdim})
+        param = self.out_proj.weight                                  # checked here, so the message names us
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            check_same_device(where, t, param, name)
+            if autocast_dtype(t.device.type, "lower") is None:        # under autocast all are cast
+                check_same_dtype(where, t, param, name)
         unbatched = query.dim() == 2
         if unbatched:                                                 # (L, E) -> (1, L, E)
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)

@@ -209,6 +209,15 @@ def _per_class(weight: Tensor, input: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], *[1] * (input.dim() - c - 1))
 
 
+def _of_class(weight: Tensor, target: Tensor) -> Tensor:
+    """``weight[target]``: the ``(C,)`` weights picked by class indices of any shape, ``()`` included.
+
+    Indexing with a 0-dim integer tensor reads its value on the host (``.item()``), which
+    torch.compile cannot trace; a 1-D index is an ordinary gather.
+    """
+    return weight[target.reshape(-1)].reshape(target.shape)     # (*target) -> (numel,) -> (*target)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     r"""Softmax cross-entropy against a target distribution, with class weights.
 
@@ -254,7 +263,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         else:                                                        # class indices
             keep = target != ignore_index                            # (N, *)
             y = torch.where(keep, target, 0)                         # (N, *), ignored -> class 0
-            w_y = 1.0 if weight is None else _acc(weight)[y]         # (N, *)
+            w_y = 1.0 if weight is None else _of_class(_acc(weight), y)   # (N, *)
             loss = -(1 - eps) * w_y * logp.gather(c, y.unsqueeze(c)).squeeze(c)   # (N, *)
             if eps > 0:                                              # (skipped when 0: 0 * -inf is NaN)
                 w = 1.0 if weight is None else _per_class(_acc(weight), input)
@@ -296,7 +305,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         keep = target != ignore_index                                # (N, *)
         if weight is None:
             return keep.sum()
-        return torch.where(keep, _acc(weight)[torch.where(keep, target, 0)], 0.0).sum()
+        return torch.where(keep, _of_class(_acc(weight), torch.where(keep, target, 0)), 0.0).sum()
 
     @staticmethod
     def derivatives(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, eps: float,
@@ -641,7 +650,7 @@ class SoftmaxFocalLossFunction(torch.autograd.Function):
         u = -torch.expm1(logp_y)                                     # (N,) 1 - p_y
         loss = -u.pow(gamma) * logp_y                                # (N,)
         if alpha is not None:
-            loss = _acc(alpha)[target] * loss
+            loss = _of_class(_acc(alpha), target) * loss
         return _reduce(loss, reduction).to(input.dtype)              # () or (N,)
 
     @staticmethod
@@ -664,7 +673,7 @@ class SoftmaxFocalLossFunction(torch.autograd.Function):
             ratio = torch.where(u > 0, logp_y / safe_u, -1.0)        # (N,) log p_y / u -> -1
             factor = factor * (1 - gamma * logp_y.exp() * ratio)
         if alpha is not None:
-            factor = factor * _acc(alpha)[target]
+            factor = factor * _of_class(_acc(alpha), target)
         one_hot = torch.zeros_like(p).scatter(1, target.unsqueeze(1), 1.0)     # (N, C)
         return (p - one_hot) * factor.unsqueeze(1)                   # (N, C)
 

@@ -701,7 +701,7 @@ class _FSDPNet(nn.Module):
         self.bn = BatchNorm2d(8)
         self.act = ReLU()
         self.norm = LayerNorm(8)
-        self.attn = MultiHeadAttention(8, 2)
+        self.attn = MultiHeadAttention(8, 2, batch_first=True)   # (B, tokens, 8), as the tokens come
         self.fc1 = Linear(8, 16)
         self.gelu = GELU()
         self.fc2 = Linear(16, 3)
@@ -709,7 +709,7 @@ class _FSDPNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.act(self.bn(self.conv(x)))                    # (B, 8, H, W)
         h = self.norm(h.flatten(2).transpose(1, 2))            # (B, H W, 8): pixels as tokens
-        h = h + self.attn(h, h, h)[0]                          # (B, H W, 8)
+        h = h + self.attn(h, h, h, need_weights=False)[0]      # (B, H W, 8): attention over the pixels
         return self.fc2(self.gelu(self.fc1(h))).mean(1)        # (B, 3)
 
 

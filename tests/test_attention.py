@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.attention import (
-    MultiHeadAttention, ScaledDotProductAttentionFunction, attention_weights, scaled_dot_product_attention,
+    MultiHeadAttention, ScaledDotProductAttentionFunction, _scaled_dot_product_attention_apply, attention_weights,
+    scaled_dot_product_attention,
 )
+from layers.composable import autocast_apply
 from layers.linear import Linear
 from layers.testing import check_layer
 
@@ -114,19 +116,27 @@ def test_backward_saves_no_probability_matrix():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         ScaledDotProductAttentionFunction.apply(q, k, v, None, False, 0.5, 128)
     assert (1, L, S) not in shapes
-    assert sorted(shapes) == sorted([(1, L, 4), (1, S, 4), (1, S, 4), (1, L, 4), (1, L)])
+    assert sorted(shapes) == sorted([(1, L, 4), (1, S, 4), (1, S, 4), (1, L)])   # q, k, v, lse
 
 
 def test_logsumexp_output_and_its_gradient():
     q, k, v = qkv()
     out, lse = ScaledDotProductAttentionFunction.apply(q, k, v, None, True, 0.7, 128)
-    scores = (q @ k.transpose(-2, -1) * 0.7).masked_fill(~torch.ones(3, 4, dtype=torch.bool).tril(), float("-inf"))
+    causal = torch.ones(3, 4, dtype=torch.bool).tril()
+    scores = (q @ k.transpose(-2, -1) * 0.7).masked_fill(~causal, float("-inf"))
     torch.testing.assert_close(lse, torch.logsumexp(scores, -1))
-    check_layer(lambda a, b, c: ScaledDotProductAttentionFunction.apply(a, b, c, None, True, 0.7, 128),
-                lambda a, b, c: (F.scaled_dot_product_attention(a, b, c, is_causal=True, scale=0.7),
-                                 torch.logsumexp((a @ b.transpose(-2, -1) * 0.7).masked_fill(
-                                     ~torch.ones(3, 4, dtype=torch.bool).tril(), float("-inf")), -1)),
-                (q, k, v))
+
+    def ours(a, b, c):                         # as scaled_dot_product_attention applies the Function
+        return autocast_apply(_scaled_dot_product_attention_apply, "lower", a, b, c, None, True, 0.7, 128)
+
+    def reference(a, b, c):
+        # the logsumexp is a float32 statistic for float16/bfloat16 (and under autocast), as the
+        # logsumexp torch's fused CPU kernel returns (_scaled_dot_product_flash_attention_for_cpu)
+        s = (a @ b.transpose(-2, -1) * 0.7).masked_fill(~causal, float("-inf"))
+        return (F.scaled_dot_product_attention(a, b, c, is_causal=True, scale=0.7),
+                torch.logsumexp(s.to(torch.promote_types(a.dtype, torch.float32)), -1))
+
+    check_layer(ours, reference, (q, k, v))
 
 
 @pytest.mark.parametrize("scale", [None, 0.5, 2.0])

@@ -26,7 +26,7 @@ def test_fsdp2_matches_one_process(results, rank):
     errors = results[rank]["fsdp"]
     assert errors["sharded"] == 0, "fully_shard left a parameter unsharded"
     expected = {"loss", "grad conv.weight", "grad bn.bias", "grad norm.weight",
-                "grad attn.q_proj.weight", "grad attn.out_proj.bias", "grad fc1.weight", "grad fc2.bias"}
+                "grad attn.in_proj_weight", "grad attn.out_proj.bias", "grad fc1.weight", "grad fc2.bias"}
     assert set(errors) >= expected
     bad = {k: v for k, v in errors.items() if not v <= 1e-6}
     assert not bad, bad

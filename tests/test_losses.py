@@ -115,8 +115,11 @@ def test_cross_entropy_probability_targets(reduction, label_smoothing, with_weig
     x = leaf(3, 4, 2)
     t = torch.rand(3, 4, 2, dtype=torch.float64).requires_grad_(True)       # unnormalized, as torch's samples
     w = torch.tensor([0.3, 1.0, 2.0, 0.5], dtype=torch.float64) if with_weight else None
-    check_layer(lambda a, b: cross_entropy(a, b, w, reduction=reduction, label_smoothing=label_smoothing),
-                lambda a, b: F.cross_entropy(a, b, w, reduction=reduction, label_smoothing=label_smoothing),
+    # the class weight follows the input's dtype, as a module's buffer would (check_layer casts the
+    # inputs, not a tensor held in a closure; a float64 weight would turn torch's result float64)
+    cast = lambda a: None if w is None else w.to(a.dtype)                    # noqa: E731
+    check_layer(lambda a, b: cross_entropy(a, b, cast(a), reduction=reduction, label_smoothing=label_smoothing),
+                lambda a, b: F.cross_entropy(a, b, cast(a), reduction=reduction, label_smoothing=label_smoothing),
                 (x, t), batch_inputs=[0, 1])
 
 
@@ -125,9 +128,10 @@ def test_cross_entropy_other_shapes(logit_shape, target_shape):
     x = leaf(*logit_shape)
     C = logit_shape[0] if len(logit_shape) == 1 else logit_shape[1]
     y = torch.randint(0, C, target_shape)
-    w = torch.rand(C, dtype=torch.float64) + 0.5
-    check_layer(lambda a, b: cross_entropy(a, b, w, label_smoothing=0.1),
-                lambda a, b: F.cross_entropy(a, b, w, label_smoothing=0.1), (x, y), empty_batch=len(logit_shape) > 1)
+    w = torch.rand(C, dtype=torch.float64) + 0.5                  # follows the input's dtype, as a buffer
+    check_layer(lambda a, b: cross_entropy(a, b, w.to(a.dtype), label_smoothing=0.1),
+                lambda a, b: F.cross_entropy(a, b, w.to(a.dtype), label_smoothing=0.1), (x, y),
+                empty_batch=len(logit_shape) > 1)
 
 
 def test_cross_entropy_custom_ignore_index_and_all_ignored():
@@ -232,8 +236,10 @@ def test_focal_gradient_agrees_with_float64_autograd_at_gamma_below_one():
 def test_softmax_focal_check_layer(dtype, gamma, with_alpha, reduction):
     x, y = leaf(3, 3, dtype=dtype), torch.tensor([0, 2, 1])
     alpha = torch.tensor([0.2, 0.3, 0.5], dtype=dtype) if with_alpha else None
+    # the reference's alpha follows the input's dtype, as the module's buffer does
     check_layer(SoftmaxFocalLoss(alpha, gamma, reduction),
-                lambda a, b: reference_softmax_focal(a, b, alpha, gamma, reduction), (x, y),
+                lambda a, b: reference_softmax_focal(a, b, None if alpha is None else alpha.to(a.dtype),
+                                                     gamma, reduction), (x, y),
                 gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64)
 
 

@@ -121,7 +121,9 @@ def _registry() -> list[Entry]:
             Entry("softmax_focal_loss", lambda x: softmax_focal_loss(x, t5[:len(x)], gamma=0.0),
                   lambda x: nn.functional.cross_entropy(x, t5[:len(x)]), lambda: [torch.randn(3, 5)],
                   lambda: [torch.randn(4, 5)]),
-            Entry("focal_loss", lambda x: focal_loss(x, tf[:len(x)]), lambda x: sigmoid_focal_loss(x, tf[:len(x)], reduction="mean"),
+            # both reduced to the mean (the default of both is torchvision's "none")
+            Entry("focal_loss", lambda x: focal_loss(x, tf[:len(x)], reduction="mean"),
+                  lambda x: sigmoid_focal_loss(x, tf[:len(x)], reduction="mean"),
                   lambda: [torch.randn(6)], lambda: [torch.randn(7)],
                   # a -inf logit with target 0 is a perfectly confident negative: loss 0, where
                   # the torchvision formula computes -inf * 0 inside its BCE and gives NaN
