@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .composable import autocast_apply, compilable_apply
+from .composable import autocast_apply, autocast_dtype, compilable_apply
 from ._validation import check_same_device, check_same_dtype, check_tensor
 
 __all__ = ["Conv2dFunction", "conv2d", "im2col", "conv_output_size", "conv2d_cost", "Conv2d"]
@@ -317,7 +317,7 @@ def _check_conv_input(where: str, x: Tensor, weight: Tensor, bias: Tensor | None
                       padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> None:
     check_tensor(x, where, ndim=4)
     check_tensor(weight, where, "weight", ndim=4)
-    autocast = torch.is_autocast_enabled(x.device.type)       # autocast casts both to one dtype
+    autocast = autocast_dtype(x.device.type, "lower") is not None       # autocast casts both to one dtype
     if not autocast:
         check_same_dtype(where, x, weight)
     check_same_device(where, x, weight)

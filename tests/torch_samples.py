@@ -145,8 +145,8 @@ OP_PAIRS = [
         layers.scaled_dot_product_attention, "layers.scaled_dot_product_attention", _sdpa,
         refusals=(("dropout_p", _positive),)),
     _op("nn.functional.binary_cross_entropy_with_logits", F.binary_cross_entropy_with_logits,
-        functools.partial(layers.focal_loss, gamma=0.0, alpha=-1.0),
-        "layers.focal_loss(gamma=0, alpha=-1)"),
+        functools.partial(layers.focal_loss, gamma=0.0, alpha=-1.0, reduction="mean"),   # torch's default
+        "layers.focal_loss(gamma=0, alpha=-1, reduction=\"mean\")"),
 ]
 
 PAIRS = MODULE_PAIRS + OP_PAIRS
