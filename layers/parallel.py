@@ -500,6 +500,7 @@ def _max_err(a: Tensor, b: Tensor) -> float:
     return (a.detach() - b.detach()).abs().max().item()
 
 
+@torch.random.fork_rng()                                          # seeds its own draws, leaves the caller's RNG alone
 def tensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
     """Compare the tensor-parallel layers on this rank with one unsharded :class:`~layers.linear.Linear`.
 
@@ -579,6 +580,7 @@ def tensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str
     return errors
 
 
+@torch.random.fork_rng()                                          # seeds its own draws, leaves the caller's RNG alone
 def ddp_step_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
     """One data-parallel SGD step of a ``layers`` MLP against the same step in one process.
 
@@ -652,6 +654,7 @@ def _grad_errors(model: nn.Module, reference: nn.Module) -> dict[str, float]:
     return errors
 
 
+@torch.random.fork_rng()                                          # seeds its own draws, leaves the caller's RNG alone
 def dtensor_parallel_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
     """DTensor tensor parallelism on a ``layers`` MLP against the same MLP in one process.
 
@@ -713,6 +716,7 @@ class _FSDPNet(nn.Module):
         return self.fc2(self.gelu(self.fc1(h))).mean(1)        # (B, 3)
 
 
+@torch.random.fork_rng()                                          # seeds its own draws, leaves the caller's RNG alone
 def fsdp_check(rank: int, world_size: int, seed: int = 0) -> dict[str, float]:
     """FSDP2 (``fully_shard``) on a model of ``layers`` against the same model in one process.
 
