@@ -66,10 +66,6 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype)
-
-
 def _check_param(where: str, x: Tensor, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
     """Shape, device and dtype of a parameter or buffer: its own dtype, or float32 for a
     float16/bfloat16 input (mixed precision, as PyTorch accepts)."""

@@ -83,17 +83,6 @@ def _accepts(compiler: str, flag: str) -> bool:
     return probe.returncode == 0
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 #: ``-D`` and ``-m`` flags per SIMD level, as torch builds its own kernels for that level.
 _SIMD_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
