@@ -6,6 +6,7 @@ before importing triton), so their inputs here are tiny.
 """
 
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -131,6 +132,49 @@ def test_cross_entropy_saves_only_the_gradient():
     loss.backward()
     expected = torch.softmax(z.detach(), 1) - F.one_hot(t, 10)
     torch.testing.assert_close(z.grad, expected / 8)     # the saved tensor is the gradient itself
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_inplace_matches_and_reuses_the_logits(reduction):
+    h = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 6, (7,))
+    ref = F.cross_entropy(h @ w.T, t, reduction=reduction)
+    g = torch.rand_like(ref) + 0.5                               # not 1: backward must scale
+    dh, dw = torch.autograd.grad(ref, [h, w], g)
+    z = h @ w.T                                                  # logits nothing else saves (7, 6)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s) or s, lambda s: s):
+        loss = K.cross_entropy(z, t, reduction=reduction, inplace=True)
+    torch.testing.assert_close(loss, ref)
+    own = [s for s in saved if s.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()]
+    assert len(own) == len(saved) == 1                           # only the logits' memory, now the gradient
+    expected = torch.softmax((h @ w.T).detach(), 1) - F.one_hot(t, 6)
+    if reduction == "mean":
+        expected = expected / 7
+    torch.testing.assert_close(z.detach(), expected)             # the logits now hold the gradient (upstream 1)
+    got = torch.autograd.grad(loss, [h, w], g)
+    torch.testing.assert_close(got[0], dh)
+    torch.testing.assert_close(got[1], dw)
+
+
+def test_cross_entropy_inplace_fails_loudly():
+    t = torch.randint(0, 5, (4,))
+    x = torch.randn(4, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        K.cross_entropy(torch.tanh(x), t, inplace=True).backward()      # tanh saved its output: the logits
+    loss = K.cross_entropy(x * 2, t, inplace=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward only"):
+        loss.backward()
+    with pytest.raises(ValueError, match="backend='cpp'"):
+        K.cross_entropy(x * 2, t, backend="compile", inplace=True)
+    with pytest.raises(ValueError, match=r"contiguous \(N, C\)"):
+        K.cross_entropy((x * 2).T, torch.randint(0, 4, (5,)), inplace=True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        K.cross_entropy((x * 2).half(), t, inplace=True)
+    with pytest.raises(ValueError, match="require grad"):
+        K.cross_entropy(x.detach(), t, inplace=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -370,6 +414,7 @@ def test_benchmark_rows_and_targets():
     cpp = rows[1]
     assert cpp.ms > 0 and cpp.builtin_ms == rows[0].ms and 0 < cpp.bandwidth and cpp.status() == "not checked"
     assert "gelu" in kernels_benchmark.format_table(rows)
-    slow = kernels_benchmark.Row("gelu", "cpp", "(1,)", 2.0, 1.0, 0.0, 0.0, 0.4, 1.0, targets={"time": 1.2,
-                                                                                              "bandwidth": 0.5})
+    slow = kernels_benchmark.Row("gelu", "cpp", "(1,)", 2.0, 1.0, 0.0, 0.0, 3.0, 2.0, 0.4, 1.0,
+                                 targets={"time": 1.2, "bandwidth": 0.5})
+    assert slow.peak_ratio == 1.5 and math.isnan(slow.saved_ratio)
     assert slow.missed() == ["time 2.00 > 1.2", "bandwidth 0.40 < 0.5"] and slow.status().startswith("MISSED")

@@ -170,7 +170,8 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...], weight: T
 
 
 # --------------------------------------------------------------------------- cross-entropy
-def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", backend: str = "cpp") -> Tensor:
+def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", backend: str = "cpp",
+                  inplace: bool = False) -> Tensor:
     r"""Softmax cross-entropy on class indices, :math:`-\log\operatorname{softmax}(z)_y`, fused with its gradient.
 
     Forward computes both the loss and
@@ -180,11 +181,20 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     The ``"compile"`` backend is :func:`layers.losses.cross_entropy` (which recomputes the
     softmax in backward instead).
 
+    ``inplace=True`` (``"cpp"`` only) writes that gradient into the logits' own memory instead of
+    a new buffer (:class:`layers.kernels._cpp.CrossEntropyInplace`): afterwards ``input`` holds
+    the gradient, not the logits, and nothing of the logits' size is saved or allocated, in
+    forward or backward. Use it where nothing else reads the logits, as for the output layer of
+    a classifier or a language model (``cross_entropy(h @ W.T, y, inplace=True)``); an autograd
+    node that saved them fails loudly in backward. It needs contiguous ``(N, C)`` float32/float64
+    logits that require grad, and serves one backward.
+
     Args:
         input: logits ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)``.
         target: class indices in ``[0, C)``: ``(N,)``, ``()`` or ``(N, d1, ...)``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         backend: ``"cpp"``, ``"compile"`` or ``"triton"``.
+        inplace: reuse the logits' memory for their gradient (see above).
 
     Returns:
         A scalar, or the per-row loss of ``target``'s shape for ``"none"``.
@@ -196,6 +206,8 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     """
     where = "cross_entropy"
     _check_backend(where, backend)
+    if inplace:
+        _check_inplace(where, input, backend)
     if backend == "compile":
         return _compile.compiled("cross_entropy")(input, target, reduction=reduction)
     losses._check_reduction(where, reduction)
@@ -215,6 +227,9 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
             raise ValueError(f"{where}: expected target class indices in [0, {C - 1}], got {lo if lo < 0 else hi}")
     z = input.unsqueeze(0) if input.dim() == 1 else input.movedim(1, -1).reshape(-1, C)   # (R, C)
     y = target.reshape(-1).long()                                                          # (R,)
+    if inplace:
+        _check_cpp(where, input)
+        return _cpp.CrossEntropyInplace.apply(input, y, _REDUCTIONS[reduction])
     if backend == "cpp":
         _check_cpp(where, input, policy="float32")
         loss = composable.autocast_apply(functools.partial(_widened, torch.ops.layers.cross_entropy), "float32",
@@ -224,6 +239,23 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
         loss = composable.autocast_apply(functools.partial(_widened, _triton.CrossEntropyTriton.apply), "float32",
                                          z, y, reduction)[0]
     return loss.reshape(target.shape) if reduction == "none" else loss
+
+
+def _check_inplace(where: str, input: Tensor, backend: str) -> None:
+    """What ``inplace=True`` needs: the cpp kernel writing into the logits themselves."""
+    if backend != "cpp":
+        raise ValueError(f"{where}: inplace=True needs backend='cpp', got backend={backend!r}")
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{where}: expected input to be a Tensor, got {type(input).__name__}")
+    if input.dim() != 2 or not input.is_contiguous():
+        raise ValueError(f"{where}: inplace=True needs contiguous (N, C) logits, got shape {tuple(input.shape)}"
+                         f"{'' if input.is_contiguous() else ' (not contiguous)'}")
+    if input.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{where}: inplace=True writes the gradient in the logits' dtype and needs float32 or "
+                        f"float64 logits, got {input.dtype}")
+    if not input.requires_grad:
+        raise ValueError(f"{where}: inplace=True replaces the logits by their gradient, so it needs logits "
+                         "that require grad")
 
 
 # ------------------------------------------------------------------------------------ GELU

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.utils.cpp_extension
 
-__all__ = ["load", "ensure_loaded", "build_dir", "build_seconds", "SOURCE"]
+__all__ = ["load", "ensure_loaded", "build_dir", "build_seconds", "SOURCE", "CrossEntropyInplace"]
 
 #: The C++ source of every operator.
 SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
@@ -188,6 +188,11 @@ def _register() -> None:
 
     lib.register_autograd("layers::cross_entropy", ce_backward, setup_context=ce_setup)
 
+    # cross_entropy_inplace(input!, target, reduction) -> loss; the gradient is left in input
+    @lib.register_fake("layers::cross_entropy_inplace")
+    def _(input, target, reduction):
+        return _empty(input, (input.shape[0],)) if reduction == 0 else _empty(input, ())
+
     # gelu(input) -> y
     lib.register_fake("layers::gelu")(lambda input: _empty(input))
     lib.register_fake("layers::gelu_backward")(lambda grad_out, input: _empty(input))
@@ -236,3 +241,46 @@ def _register() -> None:
         return dx, None, None, None, None
 
     lib.register_autograd("layers::fake_quantize", fq_backward, setup_context=fq_setup)
+
+
+class CrossEntropyInplace(torch.autograd.Function):
+    """Fused cross-entropy whose gradient overwrites the logits: ``torch.ops.layers.cross_entropy_inplace``.
+
+    Forward writes :math:`(\\operatorname{softmax}(z) - \\text{one-hot}(y))\\cdot s` into the
+    logits' own memory (``s = 1/R`` for ``"mean"``) and returns the loss; the logits' version
+    counter is bumped, so any other autograd node that saved them fails loudly in backward
+    instead of reading gradients as logits. Backward scales that buffer by the upstream gradient
+    in place (nothing when it is exactly 1) and returns it. Nothing of full size is allocated:
+    this is how fused losses such as Liger-Kernel's keep one ``(R, C)`` buffer instead of two.
+    The buffer can serve one backward only (a second one, ``retain_graph=True``, raises).
+
+    Shapes: ``z`` ``(R, C)`` contiguous float32/float64 CPU, ``y`` ``(R,)`` int64; loss ``()``, or ``(R,)``
+    for reduction code 0.
+    """
+
+    @staticmethod
+    def forward(z: torch.Tensor, y: torch.Tensor, reduction: int) -> torch.Tensor:
+        loss = torch.ops.layers.cross_entropy_inplace(z, y, reduction)    # z now holds dloss/dz
+        torch.autograd.graph.increment_version(z)
+        return loss
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        z, _, reduction = inputs
+        ctx.reduction = reduction
+        ctx.used = False
+        ctx.save_for_backward(z)                                    # the logits' memory, holding the gradient
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dloss: torch.Tensor):
+        if ctx.used:
+            raise RuntimeError("cross_entropy(inplace=True): its gradient buffer serves one backward only "
+                               "(retain_graph=True and a second backward is not supported)")
+        ctx.used = True
+        (grad,) = ctx.saved_tensors                                 # (R, C)
+        if ctx.reduction == 0:
+            grad.mul_(dloss.unsqueeze(1))                           # (R, C) * (R, 1)
+        elif bool(dloss != 1):
+            grad.mul_(dloss)                                        # (R, C) * ()
+        return grad, None, None

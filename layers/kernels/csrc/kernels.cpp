@@ -232,17 +232,18 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward_cpu(const Tensor& grad_ou
 // logits (R, C), target (R,) int64. reduction: 0 none, 1 mean, 2 sum.
 // One sweep per row: max, then exp(z - max) written into the gradient buffer while summing it,
 // then loss = log(sum) + max - z_t and grad = (p - onehot) * scale, scale = 1/R for "mean".
-// Returns (loss, grad): grad is d loss / d logits for an upstream gradient of 1 (per row for
-// "none"); backward only multiplies it by the upstream gradient.
-std::tuple<Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const Tensor& target, int64_t reduction) {
-  TORCH_CHECK(input.dim() == 2, "cross_entropy: expected 2-D logits (R, C), got ", input.dim(), "-D");
-  TORCH_CHECK(target.dim() == 1 && target.size(0) == input.size(0), "cross_entropy: expected target of shape (",
-              input.size(0), ",)");
+// grad is d loss / d logits for an upstream gradient of 1 (per row for "none"); backward only
+// multiplies it by the upstream gradient. grad may be z itself: each element of z is read before
+// the same element of grad is written (z_y is read first).
+Tensor cross_entropy_into(const Tensor& z, const Tensor& target, int64_t reduction, const Tensor& grad) {
+  TORCH_CHECK(z.dim() == 2, "cross_entropy: expected 2-D logits (R, C), got ", z.dim(), "-D");
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == z.size(0), "cross_entropy: expected target of shape (",
+              z.size(0), ",)");
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "cross_entropy: reduction code must be 0, 1 or 2");
-  Tensor z = input.contiguous();
+  TORCH_CHECK(z.is_contiguous() && grad.is_contiguous() && grad.sizes() == z.sizes(),
+              "cross_entropy: expected contiguous logits and gradient buffer of the same shape");
   Tensor t = target.to(at::kLong).contiguous();
   const int64_t R = z.size(0), C = z.size(1);
-  Tensor grad = at::empty_like(z);
   Tensor rows = at::empty({R}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cross_entropy_cpu", [&] {
     using Vec = Vectorized<scalar_t>;
@@ -257,6 +258,7 @@ std::tuple<Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const Tensor& 
         scalar_t* gr = pgr + r * C;
         const int64_t y = pt[r];
         TORCH_CHECK(y >= 0 && y < C, "cross_entropy: target ", y, " is out of bounds for ", C, " classes");
+        const scalar_t zy = zr[y];                                       // before gr (maybe zr) is written
         // max
         int64_t i = 0;
         Vec vmax(-std::numeric_limits<scalar_t>::infinity());
@@ -283,7 +285,7 @@ std::tuple<Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const Tensor& 
           gr[i] = e;
           sum += e;
         }
-        pl[r] = std::log(sum) + mx - zr[y];                              // -log softmax(z)_y
+        pl[r] = std::log(sum) + mx - zy;                              // -log softmax(z)_y
         // grad = (e / sum - onehot) * scale
         const Vec vk(scale / sum);
         i = 0;
@@ -293,8 +295,21 @@ std::tuple<Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const Tensor& 
       }
     });
   });
-  Tensor loss = reduction == 0 ? rows : (reduction == 1 ? rows.sum() / static_cast<double>(R) : rows.sum());
+  return reduction == 0 ? rows : (reduction == 1 ? rows.sum() / static_cast<double>(R) : rows.sum());
+}
+
+// Returns (loss, grad) with grad in a new buffer.
+std::tuple<Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const Tensor& target, int64_t reduction) {
+  Tensor z = input.contiguous();
+  Tensor grad = at::empty_like(z);
+  Tensor loss = cross_entropy_into(z, target, reduction, grad);
   return {loss, grad};
+}
+
+// Returns the loss and leaves the gradient in input's own memory (the logits are overwritten).
+Tensor cross_entropy_inplace_cpu(Tensor& input, const Tensor& target, int64_t reduction) {
+  TORCH_CHECK(input.is_contiguous(), "cross_entropy_inplace: expected contiguous logits");
+  return cross_entropy_into(input, target, reduction, input);
 }
 
 // ------------------------------------------------------------------------------------ GELU
@@ -457,7 +472,6 @@ std::tuple<Tensor, Tensor> fake_quantize_cpu(const Tensor& input, double scale, 
     at::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
       const Vec vinv(static_cast<scalar_t>(inv)), vz(z), vlo(lo), vhi(hi), vsc(static_cast<scalar_t>(sc));
       const Vec one(scalar_t(1));
-      scalar_t lanes[Vec::size()];
       int64_t i = begin;
       for (; i + Vec::size() <= end; i += Vec::size()) {
         Vec q = (Vec::loadu(px + i) * vinv).round() + vz;               // z + nearbyint(x / s)
@@ -467,8 +481,7 @@ std::tuple<Tensor, Tensor> fake_quantize_cpu(const Tensor& input, double scale, 
         if constexpr (std::is_same_v<scalar_t, double>) {              // the product is a float, as in torch
           for (int64_t k = 0; k < Vec::size(); ++k) py[i + k] = static_cast<float>(py[i + k]);
         }
-        (inside & one).store(lanes);
-        for (int64_t k = 0; k < Vec::size(); ++k) pm[i + k] = lanes[k] != scalar_t(0);
+        at::vec::VecMask<scalar_t, 1>(inside).store(pm + i, Vec::size());   // lanes -> bools in registers
       }
       for (; i < end; ++i) {
         scalar_t q = std::nearbyint(px[i] * static_cast<scalar_t>(inv)) + z;
@@ -508,6 +521,7 @@ TORCH_LIBRARY(layers, m) {
   m.def("layer_norm_backward(Tensor grad_out, Tensor input, Tensor mean, Tensor rstd, Tensor? weight, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("cross_entropy(Tensor input, Tensor target, int reduction) -> (Tensor, Tensor)");
+  m.def("cross_entropy_inplace(Tensor(a!) input, Tensor target, int reduction) -> Tensor");
   m.def("gelu(Tensor input) -> Tensor");
   m.def("gelu_backward(Tensor grad_out, Tensor input) -> Tensor");
   m.def("prelu(Tensor input, Tensor weight) -> Tensor");
@@ -520,6 +534,7 @@ TORCH_LIBRARY_IMPL(layers, CPU, m) {
   m.impl("layer_norm", &layer_norm_cpu);
   m.impl("layer_norm_backward", &layer_norm_backward_cpu);
   m.impl("cross_entropy", &cross_entropy_cpu);
+  m.impl("cross_entropy_inplace", &cross_entropy_inplace_cpu);
   m.impl("gelu", &gelu_cpu);
   m.impl("gelu_backward", &gelu_backward_cpu);
   m.impl("prelu", &prelu_cpu);
