@@ -24,6 +24,7 @@ module                     chapter
 ``layers.export``          Custom layers in practice (deployment)
 ``layers.robustness``      Custom layers in practice (adversarial examples)
 ``layers.parallel``        Custom layers in practice (tensor parallelism)
+``layers.distributed``     Custom layers in practice (launcher, DDP, DTensor, FSDP2 checks)
 ``layers.viz``             (plotting helpers used by every chapter)
 ``layers.data``            (the digits data set used by every chapter)
 ``layers.training``        (the small training loop used by every chapter)

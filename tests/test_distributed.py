@@ -4,13 +4,15 @@ FSDP2's ``fully_shard`` on a model of ``layers.*`` and DTensor tensor
 parallelism (``parallelize_module`` with torch's ``ColwiseParallel`` /
 ``RowwiseParallel`` on ``layers.Linear``) must give the loss and gradients of
 one process. Both run in one launch, with a timeout so a hang cannot stall
-the run. The package's own Megatron-style layers are tested in test_parallel.py.
+the run (the timeout itself is tested last). The package's own Megatron-style
+layers, with the tensor-parallel and DDP checks of ``layers.distributed``, are
+tested in test_parallel.py.
 """
 
 import pytest
 import torch.distributed as dist
 
-from layers.parallel import distributed_checks, launch
+from layers.distributed import distributed_checks, launch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -40,3 +42,13 @@ def test_dtensor_tensor_parallel_matches_one_process(results, rank):
     assert set(errors) >= {"loss", "grad 0.weight", "grad 0.bias", "grad 2.weight", "grad 2.bias"}
     bad = {k: v for k, v in errors.items() if not v <= 1e-6}
     assert not bad, bad
+
+
+def test_launch_times_out():
+    with pytest.raises(TimeoutError, match="did not finish"):
+        launch(_sleep, world_size=2, timeout=0.5)
+
+
+def _sleep(rank, world_size):
+    import time
+    time.sleep(30)
