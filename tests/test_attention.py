@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.attention import (
-    MultiHeadAttention, ScaledDotProductAttentionFunction, _scaled_dot_product_attention_apply, attention_weights,
-    scaled_dot_product_attention,
+    MultiHeadAttention, ScaledDotProductAttentionFunction, attention_weights, scaled_dot_product_attention,
 )
+from layers.attention.sdpa import _scaled_dot_product_attention_apply
 from layers.composable import autocast_apply
 from layers.linear import Linear
 from layers.testing import check_layer

@@ -58,9 +58,10 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import composable, losses
+from .. import composable
 from .._validation import check_same_device, check_same_dtype, check_tensor
 from ..activations import _check_prelu_input
+from ..losses._common import _check_reduction
 from ..quantization.fake import check_qrange, check_scale_values, check_zero_point_values
 from . import _compile, _cpp, _triton, custom_ops
 
@@ -210,7 +211,7 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
         _check_inplace(where, input, backend)
     if backend == "compile":
         return _compile.compiled("cross_entropy")(input, target, reduction=reduction)
-    losses._check_reduction(where, reduction)
+    _check_reduction(where, reduction)
     check_tensor(input, where, min_ndim=1)
     check_tensor(target, where, "target", floating=False)
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
