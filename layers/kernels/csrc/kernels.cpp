@@ -15,9 +15,13 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
+#if defined(CPU_CAPABILITY_AVX2) && defined(__BMI2__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -68,19 +72,27 @@ inline Vectorized<T> vexp(const Vectorized<T>& v) {
   else return v.exp();
 }
 
+// erf(x) given e = exp(-x^2) (float: the polynomial's own exponential passed in, so a caller that
+// needs exp(-x^2) as well, GELU's backward for phi, computes it once; double: SLEEF's erf).
 template <typename T>
-inline Vectorized<T> verf(const Vectorized<T>& x) {
+inline Vectorized<T> verf_given_exp(const Vectorized<T>& x, const Vectorized<T>& e) {
   if constexpr (std::is_same_v<T, float>) {
     using Vec = Vectorized<float>;
     const Vec one(1.f), zero(0.f), p(0.3275911f), p1(0.254829592f), p2(-0.284496736f), p3(1.421413741f),
         p4(-1.453152027f), p5(1.061405429f);
     const Vec t = one / at::vec::fmadd(p, x.abs(), one);                     // 1 / (1 + p |x|)
     const Vec r = at::vec::fmadd(at::vec::fmadd(at::vec::fmadd(at::vec::fmadd(p5, t, p4), t, p3), t, p2), t, p1);
-    const Vec y = one - r * t * vexp(zero - x * x);                         // erf(|x|)
+    const Vec y = one - r * t * e;                                          // erf(|x|)
     return Vec::blendv(y, zero - y, x < zero);                              // odd function
   } else {
     return x.erf();
   }
+}
+
+template <typename T>
+inline Vectorized<T> verf(const Vectorized<T>& x) {
+  if constexpr (std::is_same_v<T, float>) return verf_given_exp(x, vexp(Vectorized<float>(0.f) - x * x));
+  else return x.erf();
 }
 
 // Per-thread partial sums for a reduction over rows (dgamma, dbeta, dprelu slope): one row
@@ -351,8 +363,9 @@ Tensor gelu_backward_cpu(const Tensor& grad_out, const Tensor& input) {
       int64_t i = begin;
       for (; i + Vec::size() <= end; i += Vec::size()) {
         Vec v = Vec::loadu(px + i);
-        Vec cdf = vhalf * (vone + verf(v * vk));
-        Vec pdf = vp * vexp(vmhalf * v * v);
+        Vec e = vexp(vmhalf * v * v);                                      // exp(-x^2 / 2), in both terms
+        Vec cdf = vhalf * (vone + verf_given_exp(v * vk, e));             // exp(-(x/sqrt2)^2) = e
+        Vec pdf = vp * e;
         (Vec::loadu(pg + i) * at::vec::fmadd(v, pdf, cdf)).store(pd + i);
       }
       for (; i < end; ++i) {
@@ -450,6 +463,23 @@ std::tuple<Tensor, Tensor> prelu_backward_cpu(const Tensor& grad_out, const Tens
   return {dx, dw};
 }
 
+// The lanes of a comparison result (each lane all ones or all zeros) as one bool per lane.
+template <typename T>
+inline void store_bools(const Vectorized<T>& m, bool* out) {
+  T lanes[Vectorized<T>::size()];
+  (m & Vectorized<T>(T(1))).store(lanes);
+  for (int64_t k = 0; k < Vectorized<T>::size(); ++k) out[k] = lanes[k] != T(0);
+}
+
+#if defined(CPU_CAPABILITY_AVX2) && defined(__BMI2__)
+// AVX2: the 8 sign bits in one instruction (movemask), spread to one byte each (pdep), one 8-byte store.
+template <>
+inline void store_bools<float>(const Vectorized<float>& m, bool* out) {
+  const uint64_t bytes = _pdep_u64(static_cast<uint64_t>(_mm256_movemask_ps(m)), 0x0101010101010101ULL);
+  std::memcpy(out, &bytes, sizeof(bytes));
+}
+#endif
+
 // ------------------------------------------------------------------- fake quantize (per tensor)
 // As torch's CPU kernel: q = z + nearbyint(x * (1/s)) with 1/s in float (the product in the input's
 // precision); y = (clamp(q) - z) s rounded to float (exact integer times float, then one rounding);
@@ -481,7 +511,7 @@ std::tuple<Tensor, Tensor> fake_quantize_cpu(const Tensor& input, double scale, 
         if constexpr (std::is_same_v<scalar_t, double>) {              // the product is a float, as in torch
           for (int64_t k = 0; k < Vec::size(); ++k) py[i + k] = static_cast<float>(py[i + k]);
         }
-        at::vec::VecMask<scalar_t, 1>(inside).store(pm + i, Vec::size());   // lanes -> bools in registers
+        store_bools(inside, pm + i);
       }
       for (; i < end; ++i) {
         scalar_t q = std::nearbyint(px[i] * static_cast<scalar_t>(inv)) + z;
