@@ -33,12 +33,17 @@ test: unit nbval
 	@if command -v chromium >/dev/null 2>&1; then $(MAKE) --no-print-directory site-test; \
 	else echo "site-test skipped: Chromium is not installed (Debian: apt-get install chromium)"; fi
 
+# One pytest-xdist worker per core (WORKERS=1 runs in one process). --dist loadscope keeps each
+# test module, and each notebook, on one worker, so a notebook's cells run in order in one kernel.
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))" 2>/dev/null || echo 2)
+XDIST   := $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadscope)
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/ -q
+	$(BIN)/python -m pytest tests/ -q $(XDIST)
 
 nbval: $(STAMP)
 	MPLBACKEND=module://matplotlib_inline.backend_inline \
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -q
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -q $(XDIST)
 
 ## make site-test: build the site, open every page in headless Chromium, check links
 site-test: book
