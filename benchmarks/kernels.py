@@ -253,7 +253,8 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
         *times, copy_s = time_min(steps, device, repeats=repeats, min_block_s=0.005 if quick else 0.01)
         copy_best = min(copy_best, copy_s)
         saved = [saved_bytes(fns[f], inputs) / 2**20 for f in names]
-        peak = [peak_bytes(fns[f], inputs) / 2**20 for f in names]
+        # PeakMemory is a dispatch mode, under which torch.compile runs the function eagerly: no peak for it
+        peak = [math.nan if f == "compile" else peak_bytes(fns[f], inputs) / 2**20 for f in names]
         numel = inputs[0].numel()
         base = names.index("built-in")
         for f, t, s, p in zip(names, times, saved, peak):
@@ -267,13 +268,13 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
 
 
 # ---------------------------------------------------------------------------------- output
-_COLUMNS = ["op", "form", "input", "ms", "time ratio", "saved MB", "saved ratio", "peak MB", "peak ratio", "GB/s",
+_COLUMNS = ["op", "form", "input", "ms", "time ratio", "saved MiB", "saved ratio", "peak MiB", "peak ratio", "GB/s",
             "of copy bandwidth", "target", "status"]
 
 
 def _cells(r: Row) -> list[str]:
     return [r.op, r.form, r.shape, f"{r.ms:.3f}", f"{r.time_ratio:.2f}", f"{r.saved_mb:.2f}",
-            "-" if math.isnan(r.saved_ratio) else f"{r.saved_ratio:.2f}", f"{r.peak_mb:.2f}",
+            "-" if math.isnan(r.saved_ratio) else f"{r.saved_ratio:.2f}", "-" if math.isnan(r.peak_mb) else f"{r.peak_mb:.2f}",
             "-" if math.isnan(r.peak_ratio) else f"{r.peak_ratio:.2f}", f"{r.gbps:.1f}", f"{r.bandwidth:.0%}",
             r.target_text(), r.status()]
 
@@ -307,16 +308,20 @@ def write_markdown(rows: list[Row], path: Path, header: str, bandwidth: float) -
     lines += ["", "Notes:", "",
               "* time ratio: forward + backward over the built-in's, minimum of alternating repeats after warm-up.",
               "* saved: distinct storages autograd keeps for backward (inputs and parameters not counted).",
+              "* MiB: 2**20 bytes (the csv columns saved_mb, peak_mb hold MiB too).",
               "* of copy bandwidth: minimum bytes the op must move (forward + backward) per second, over the copy "
-              "bandwidth above; 100% is the memory roofline (above 100%: part of the op's 8-16 MB "
+              "bandwidth above; 100% is the memory roofline (above 100%: part of the op's 8-16 MiB "
               "tensors stayed in cache, which a 64 MiB copy cannot).",
               "* measured on a machine shared with other jobs: the ratios come from minimum times, but a quiet "
               "rerun is needed before quoting absolute numbers.",
               "* peak: the largest total of tensors alive during forward + backward that the op created "
-              "(layers.measuring.PeakMemory; the gradient stored in .grad included), above the inputs.",
+              "(layers.measuring.PeakMemory; the gradient stored in .grad included), above the inputs. Not "
+              "measured for compile (\"-\"): PeakMemory is a dispatch mode, under which torch.compile runs the "
+              "function eagerly, so it would report the reference's peak.",
               "* cross_entropy: the fused cpp form saves its float32 gradient, the same size as the log-softmax the "
               "built-in saves, so its saved ratio is 1.0. \"cpp inplace\" (inplace=True) writes that gradient into "
-              "the logits' own memory, so nothing beyond the input is saved or created in forward; its peak is the "
+              "the logits' own memory: the one storage autograd keeps is the logits' (not counted, being the "
+              "input), now holding the gradient, and nothing of their size is created in forward; its peak is the "
               "copy autograd makes when it stores the gradient of a leaf into .grad (a classifier's logits come "
               "from a matmul, whose backward takes the buffer itself). The leaf logits are overwritten at every "
               "call; the work per element does not depend on the values.",

@@ -177,6 +177,47 @@ def test_cross_entropy_inplace_fails_loudly():
         K.cross_entropy(x.detach(), t, inplace=True)
 
 
+def test_cross_entropy_inplace_compiles_fullgraph():
+    h, y = torch.randn(8, 16), torch.randint(0, 5, (8,))
+    w = torch.randn(5, 16, requires_grad=True)
+    torch._dynamo.reset()
+    loss = torch.compile(lambda h, w, y: K.cross_entropy(h @ w.T, y, inplace=True), fullgraph=True)(h, w, y)
+    (got,) = torch.autograd.grad(loss * 3, [w])                  # an upstream gradient that is not 1
+    (ref,) = torch.autograd.grad(F.cross_entropy(h @ w.T, y) * 3, [w])
+    torch.testing.assert_close(got, ref)
+
+
+def test_cross_entropy_memory_beyond_the_logits():
+    """Peak bytes created in forward + backward, in (R, C) tensors: 3 built-in, 2 fused, 1 in place.
+
+    The fused op's second output (its gradient) is not used downstream, and no zeros are
+    materialized for it; in place, the one tensor is the copy of a leaf's gradient into .grad.
+    """
+    from layers.measuring import peak_bytes
+    z, t = torch.randn(64, 100), torch.randint(0, 100, (64,))
+    size = z.numel() * 4
+    peaks = {name: peak_bytes(fn, [z.clone().requires_grad_(), t]) / size for name, fn in {
+        "built-in": F.cross_entropy, "cpp": K.cross_entropy,
+        "inplace": lambda z, t: K.cross_entropy(z, t, inplace=True)}.items()}
+    assert [round(p) for p in peaks.values()] == [3, 2, 1], peaks
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy"])
+def test_cpp_second_derivative_raises(name):
+    """A C++ backward is not differentiable: a second derivative through it raises, never returns zeros."""
+    x = _leaf(4, 6, dtype=torch.float64)
+    w = _leaf(6, dtype=torch.float64)
+    fn = {"layer_norm": lambda x: K.layer_norm(x, 6, w, w), "gelu": K.gelu,
+          "prelu": lambda x: K.prelu(x, w),
+          "cross_entropy": lambda x: K.cross_entropy(x, torch.zeros(4, dtype=torch.long))}[name]
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(g.pow(2).sum(), x)
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad((g + x).sum(), x)                      # x reached through g as well: not dropped
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gelu(backend):
     x = _leaf(2, 5, dtype=torch.float64, scale=2.0) if backend == "triton" else _leaf(4, 9, dtype=torch.float64, scale=2.0)

@@ -23,7 +23,7 @@ built-in, and picks its implementation with ``backend=``:
     float16/bfloat16 inputs are computed in float32 (statistics and sums accumulate in
     float32) and returned in the input's dtype. Under CPU autocast each op follows torch's:
     ``layer_norm`` and ``cross_entropy`` in float32, ``prelu`` in the lower precision. The
-    backward is not itself differentiable (no double backward).
+    backward is not itself differentiable: a second derivative through it raises.
 ``"triton"``
     ``@triton.jit`` kernels, forward and backward, for CUDA tensors; without CUDA
     they run in Triton's CPU interpreter (see :mod:`layers.kernels._triton` for

@@ -103,6 +103,35 @@ def _flags(compiler: str) -> list[str]:
     return flags
 
 
+def _first_order(backward):
+    """Run a registered backward without building a graph, and make a second derivative through it raise.
+
+    The C++ backward kernels are not differentiable, so a double backward would otherwise see
+    gradients without a history and return a wrong (zero) second derivative. As
+    ``torch.autograd.function.once_differentiable``, but a saved tensor that requires grad (the
+    input, say) also counts, so ``grad(grad(y.sum(), x, create_graph=True).sum(), x)`` raises
+    even though the upstream gradient of ``sum`` does not require grad.
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        tensors = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor)]
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+            return outputs
+        single = not isinstance(outputs, tuple)
+        outputs = (outputs,) if single else outputs
+        # Each gradient goes through an error node that also takes every tensor that requires grad as
+        # an input, so any derivative that reaches those tensors through this gradient runs it.
+        history = [t for t in tensors if t.requires_grad]
+        message = (b"layers.kernels: the C++ operators have no double backward "
+                   b"(use the reference Function of layers, or backend='compile')")
+        wrapped = tuple(torch._C._functions.DelayedError(message, 1 + len(history))(o.detach(), *history)[0]
+                        if isinstance(o, torch.Tensor) else o for o in outputs)
+        return wrapped[0] if single else wrapped
+    return wrapper
+
+
 @functools.cache
 def load() -> None:
     """Compile (first time) and load the operators; afterwards ``torch.ops.layers.gelu`` etc. exist.
@@ -159,6 +188,7 @@ def _register() -> None:
         ctx.save_for_backward(input, weight, mean, rstd)            # x and 2 numbers per row
         ctx.bias_shape = None if bias is None else bias.shape
 
+    @_first_order
     def ln_backward(ctx, dy, _dmean, _drstd):
         input, weight, mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -178,10 +208,12 @@ def _register() -> None:
     def ce_setup(ctx, inputs, output):
         ctx.reduction = inputs[2]
         ctx.save_for_backward(output[1])                            # only the gradient: (R, C)
+        ctx.set_materialize_grads(False)                            # no (R, C) zeros for the unused output
 
+    @_first_order
     def ce_backward(ctx, dloss, _dgrad):
         (grad,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
+        if dloss is None or not ctx.needs_input_grad[0]:
             return None, None, None
         scale = dloss.unsqueeze(1) if ctx.reduction == 0 else dloss  # (R, 1) per row, or a scalar
         return grad * scale, None, None
@@ -200,6 +232,7 @@ def _register() -> None:
     def gelu_setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
 
+    @_first_order
     def gelu_backward(ctx, dy):
         (x,) = ctx.saved_tensors
         return ops.gelu_backward(dy, x)
@@ -217,6 +250,7 @@ def _register() -> None:
     def prelu_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
+    @_first_order
     def prelu_backward(ctx, dy):
         x, weight = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:2])
@@ -232,12 +266,14 @@ def _register() -> None:
 
     def fq_setup(ctx, inputs, output):
         ctx.save_for_backward(output[1])                            # one bool per element
+        ctx.set_materialize_grads(False)                            # no zeros for the mask's gradient
 
     lib.register_fake("layers::fake_quantize_backward")(lambda grad_out, mask: _empty(grad_out))
 
+    @_first_order
     def fq_backward(ctx, dy, _dmask):
         (mask,) = ctx.saved_tensors
-        dx = ops.fake_quantize_backward(dy, mask) if ctx.needs_input_grad[0] else None
+        dx = ops.fake_quantize_backward(dy, mask) if dy is not None and ctx.needs_input_grad[0] else None
         return dx, None, None, None, None
 
     lib.register_autograd("layers::fake_quantize", fq_backward, setup_context=fq_setup)
@@ -250,7 +286,7 @@ class CrossEntropyInplace(torch.autograd.Function):
     logits' own memory (``s = 1/R`` for ``"mean"``) and returns the loss; the logits' version
     counter is bumped, so any other autograd node that saved them fails loudly in backward
     instead of reading gradients as logits. Backward scales that buffer by the upstream gradient
-    in place (nothing when it is exactly 1) and returns it. Nothing of full size is allocated:
+    in place and returns it. Nothing of full size is allocated:
     this is how fused losses such as Liger-Kernel's keep one ``(R, C)`` buffer instead of two.
     The buffer can serve one backward only (a second one, ``retain_graph=True``, raises).
 
@@ -281,6 +317,6 @@ class CrossEntropyInplace(torch.autograd.Function):
         (grad,) = ctx.saved_tensors                                 # (R, C)
         if ctx.reduction == 0:
             grad.mul_(dloss.unsqueeze(1))                           # (R, C) * (R, 1)
-        elif bool(dloss != 1):
+        else:
             grad.mul_(dloss)                                        # (R, C) * ()
         return grad, None, None
