@@ -139,7 +139,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_cpu(const Tensor& input, const std
         const scalar_t s = scalar_t(1) / std::sqrt(var + static_cast<scalar_t>(eps));
         pm[r] = m;
         pr[r] = s;
-        // pass 3: y = (x - m) s w + b, written as x * (s w) + (b - m s w)
+        // pass 3: y = (x - m) s w + b
         const Vec vm(m), vs(s);
         int64_t i = 0;
         for (; i + Vec::size() <= M; i += Vec::size()) {
