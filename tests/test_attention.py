@@ -51,7 +51,8 @@ def test_sdpa_check_layer(dtype, mask_kind, sizes):
     full = dtype == torch.float64
     check_layer(lambda a, b, c, m: scaled_dot_product_attention(a, b, c, m, is_causal=causal),
                 lambda a, b, c, m: torch_sdpa(a, b, c, m, causal), (q, k, v, mask),
-                gradcheck=full, gradgradcheck=full and L == 3 and mask_kind == "float")  # slow: one case
+                gradcheck=full, gradgradcheck=full and L == 3 and mask_kind == "float",  # slow: one case
+                compile=full and L == 3)                       # compile (seconds a call): once per mask kind
 
 
 @pytest.mark.parametrize("mask_shape", [(3, 4), (2, 1, 1, 4)])
@@ -232,8 +233,10 @@ def test_mha_matches_torch(dtype, config, mask_kind):
     if "padding" in mask_kind:
         padding = torch.tensor([[False, True, False, True], [False, False, False, True]])
     full = dtype == torch.float64 and mask_kind == "bool+padding" and config == {}
+    # compile (seconds a call): every mask kind with the default config, every config with no mask (float64)
+    compile = dtype == torch.float64 and (config == {} or mask_kind == "none")
     check_layer(ours, ref, (q, k, v, padding, True, attn_mask), gradcheck=full, gradgradcheck=False,
-                empty_batch=False, batch_inputs=[] if unbatched else None)
+                empty_batch=False, batch_inputs=[] if unbatched else None, compile=compile)
 
 
 @pytest.mark.parametrize("average", [True, False])
@@ -338,7 +341,9 @@ def test_blocked_equals_unblocked_formula(block_size, mask_kind):
     def ref(a, b, c):
         return unblocked_reference(a, b, c, mask, causal)
 
-    check_layer(ours, ref, (q, k, v), gradcheck=False, gradgradcheck=False, empty_batch=False)
+    # compile (seconds a call): once per mask kind, at a block size that leaves a short last block
+    check_layer(ours, ref, (q, k, v), gradcheck=False, gradgradcheck=False, empty_batch=False,
+                compile=block_size == 3)
     # a single block (the whole matrix at once) gives the same numbers
     torch.testing.assert_close(ours(q, k, v), scaled_dot_product_attention(q, k, v, mask, is_causal=causal, block_size=L))
 

@@ -47,8 +47,9 @@ def test_check_layer_against_torch_block(cin, cout, stride, shortcut, train):
     ref = TorchResidualBlock(cin, cout, stride, shortcut).train(train)
     x = torch.randn(2, cin, 4, 4, requires_grad=True)
     # gradgradcheck is covered by the parts' own tests; here it would dominate the run time.
+    # compile (seconds a call): the identity shortcut and the strided projection, in both modes
     check_layer(ours, ref, (x,), gradgradcheck=False, needs_input_grad=train,
-                shared_work=batch_norm_biases(ours))
+                shared_work=batch_norm_biases(ours), compile=shortcut and cin == cout)
 
 
 def test_projection_only_when_needed():
@@ -100,7 +101,8 @@ class TorchSeparable(nn.Module):
 def test_depthwise_separable_against_torch(stride):
     m = DepthwiseSeparableConv2d(3, 5, stride=stride)
     x = torch.randn(4, 3, 6, 6, requires_grad=True)
-    check_layer(m, TorchSeparable(3, 5, stride), (x,), shared_work=batch_norm_biases(m))
+    check_layer(m, TorchSeparable(3, 5, stride), (x,), shared_work=batch_norm_biases(m),
+                compile=stride == 2)                          # compile (seconds a call): once
 
 
 def test_depthwise_separable_eval_and_cost():

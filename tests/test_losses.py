@@ -62,8 +62,10 @@ def grads(fn, *args):
 @pytest.mark.parametrize("shape", [(3, 2), (4,), (2, 3, 1)])
 def test_mse_check_layer(dtype, reduction, shape):
     x, t = leaf(*shape, dtype=dtype), leaf(*shape, dtype=dtype)
+    # torch.compile costs seconds per call: once per reduction (float64, 2-D) is enough to show it traces
     check_layer(MSELoss(reduction), nn.MSELoss(reduction=reduction), (x, t),
-                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64)
+                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64,
+                compile=dtype == torch.float64 and shape == (3, 2))
 
 
 def test_mse_target_without_grad_and_0_dim():
@@ -103,9 +105,12 @@ def test_cross_entropy_check_layer(dtype, reduction, label_smoothing, with_ignor
     if with_ignored:
         y[2] = -100
     w = torch.tensor([0.3, 1.0, 2.0], dtype=dtype) if with_weight else None
+    # compile: per reduction, with every option off and with every option on (float64)
+    all_on_or_off = with_ignored == with_weight == (label_smoothing > 0)
     check_layer(CrossEntropyLoss(w, reduction=reduction, label_smoothing=label_smoothing),
                 nn.CrossEntropyLoss(w, reduction=reduction, label_smoothing=label_smoothing), (x, y),
-                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64)
+                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64,
+                compile=dtype == torch.float64 and all_on_or_off)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -120,7 +125,7 @@ def test_cross_entropy_probability_targets(reduction, label_smoothing, with_weig
     cast = lambda a: None if w is None else w.to(a.dtype)                    # noqa: E731
     check_layer(lambda a, b: cross_entropy(a, b, cast(a), reduction=reduction, label_smoothing=label_smoothing),
                 lambda a, b: F.cross_entropy(a, b, cast(a), reduction=reduction, label_smoothing=label_smoothing),
-                (x, t), batch_inputs=[0, 1])
+                (x, t), batch_inputs=[0, 1], compile=with_weight == (label_smoothing > 0))   # all off / all on
 
 
 @pytest.mark.parametrize("logit_shape,target_shape", [((2, 3, 4), (2, 4)), ((2, 3, 2, 2), (2, 2, 2)), ((5,), ())])
@@ -173,9 +178,11 @@ def test_cross_entropy_large_logits_stay_finite():
 def test_focal_matches_torchvision_formula(dtype, gamma, alpha, reduction):
     x = leaf(4, 2, dtype=dtype, scale=2.0)
     t = (torch.rand(4, 2) > 0.6).to(dtype)
+    # compile: per reduction, gamma 0 without alpha and gamma 2 with it (float64)
     check_layer(FocalLoss(alpha, gamma, reduction),
                 lambda a, b: torchvision_sigmoid_focal_loss(a, b, alpha, gamma, reduction), (x, t),
-                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64)
+                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64,
+                compile=dtype == torch.float64 and (gamma, alpha) in ((0.0, -1.0), (2.0, 0.25)))
 
 
 @pytest.mark.parametrize("alpha,gamma", [(0.5, 1.5), (-1.0, 2.0), (0.25, 0.0)])
@@ -193,7 +200,8 @@ def test_focal_gamma_zero_is_bce_with_logits(reduction, weight_shape, pos_weight
     pw = None if pos_weight_shape is None else torch.rand(pos_weight_shape, dtype=torch.float64) * 3
     check_layer(lambda a, b: focal_loss(a, b, alpha=-1, gamma=0.0, reduction=reduction, weight=w, pos_weight=pw),
                 lambda a, b: F.binary_cross_entropy_with_logits(a, b, weight=w, pos_weight=pw, reduction=reduction),
-                (x, t), batch_inputs=[0, 1], empty_batch=weight_shape is None or weight_shape[0] == 1)
+                (x, t), batch_inputs=[0, 1], empty_batch=weight_shape is None or weight_shape[0] == 1,
+                compile=(weight_shape is None) == (pos_weight_shape is None))       # neither or both weights
 
 
 def test_focal_with_pos_weight_and_gamma():
@@ -240,7 +248,8 @@ def test_softmax_focal_check_layer(dtype, gamma, with_alpha, reduction):
     check_layer(SoftmaxFocalLoss(alpha, gamma, reduction),
                 lambda a, b: reference_softmax_focal(a, b, None if alpha is None else alpha.to(a.dtype),
                                                      gamma, reduction), (x, y),
-                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64)
+                gradcheck=dtype == torch.float64, gradgradcheck=dtype == torch.float64,
+                compile=dtype == torch.float64 and (gamma, with_alpha) in ((0.0, False), (2.0, True)))
 
 
 def test_softmax_focal_gamma_zero_is_cross_entropy():
