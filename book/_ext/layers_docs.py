@@ -7,13 +7,20 @@
 2. Link every documented class and function back to the chapter that teaches it.
    Each module's docstring names its chapter notebook (``book/<chapter>.ipynb``); the
    first one named is appended to each entry as "Taught in <chapter>".
+3. Keep class members in source order for classes of a package (``layers.losses.FocalLoss``
+   is defined in ``layers/losses/focal.py`` but its ``__module__`` is the package, whose
+   ``__init__.py`` has no source order for it): autodoc reads the order from the file that
+   defines the class.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
+
+from sphinx.ext.autodoc import ClassDocumenter
 
 _CHAPTER = re.compile(r"book/(\w+)\.ipynb")
 
@@ -41,7 +48,36 @@ def _link_chapter(app, what, name, obj, options, lines):
         lines += ["", f"Taught in the chapter :doc:`/book/{found.group(1)}`."]
 
 
+def _defining_file(cls) -> str | None:
+    # inspect.getsourcefile(cls) goes through cls.__module__ (the package): ask a method's code instead
+    for value in vars(cls).values():
+        func = inspect.unwrap(getattr(value, "__func__", getattr(value, "fget", value)))
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            return code.co_filename
+    return None
+
+
+class _SourceOrderClassDocumenter(ClassDocumenter):
+    """A ClassDocumenter whose source analysis (member order) uses the defining file's module."""
+
+    priority = ClassDocumenter.priority + 1
+
+    def get_real_modname(self) -> str:
+        path = _defining_file(self.object)
+        for name, module in list(sys.modules.items()):
+            if name.startswith("layers") and path is not None and getattr(module, "__file__", None) == path:
+                return name
+        return super().get_real_modname()
+
+    def generate(self, more_content=None, real_modname=None, check_module=False, all_members=False):
+        # automodule passes its own module as real_modname (the package); find the defining one instead
+        super().generate(more_content=more_content, real_modname=None, check_module=check_module,
+                         all_members=all_members)
+
+
 def setup(app):
+    app.add_autodocumenter(_SourceOrderClassDocumenter, override=True)
     app.connect("missing-reference", _resolve)
     app.connect("autodoc-process-docstring", _link_chapter)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

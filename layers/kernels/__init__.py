@@ -183,7 +183,7 @@ def cross_entropy(input: Tensor, target: Tensor, *, reduction: str = "mean", bac
     softmax in backward instead).
 
     ``inplace=True`` (``"cpp"`` only) writes that gradient into the logits' own memory instead of
-    a new buffer (:class:`layers.kernels._cpp.CrossEntropyInplace`): afterwards ``input`` holds
+    a new buffer (``layers.kernels._cpp.CrossEntropyInplace``): afterwards ``input`` holds
     the gradient, not the logits, and nothing of the logits' size is saved or allocated, in
     forward or backward. Use it where nothing else reads the logits, as for the output layer of
     a classifier or a language model (``cross_entropy(h @ W.T, y, inplace=True)``); an autograd
