@@ -202,20 +202,50 @@ def test_cross_entropy_memory_beyond_the_logits():
     assert [round(p) for p in peaks.values()] == [3, 2, 1], peaks
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy"])
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy", "cross_entropy inplace"])
 def test_cpp_second_derivative_raises(name):
     """A C++ backward is not differentiable: a second derivative through it raises, never returns zeros."""
     x = _leaf(4, 6, dtype=torch.float64)
     w = _leaf(6, dtype=torch.float64)
+    t = torch.zeros(4, dtype=torch.long)
     fn = {"layer_norm": lambda x: K.layer_norm(x, 6, w, w), "gelu": K.gelu,
           "prelu": lambda x: K.prelu(x, w),
-          "cross_entropy": lambda x: K.cross_entropy(x, torch.zeros(4, dtype=torch.long))}[name]
+          "cross_entropy": lambda x: K.cross_entropy(x, t),
+          "cross_entropy inplace": lambda x: K.cross_entropy(x * 2, t, inplace=True)}[name]
     (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(g.pow(2).sum(), x)
     (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad((g + x).sum(), x)                      # x reached through g as well: not dropped
+
+
+def _cpp_ops(x, w):
+    """Each C++ op on ``x`` (4, 6), as a function of ``x`` (``w``: (6,) parameters)."""
+    t = torch.tensor([0, 5, 2, 1])
+    return {"layer_norm": lambda x: K.layer_norm(x, 6, w, w), "gelu": K.gelu, "prelu": lambda x: K.prelu(x, w),
+            "cross_entropy": lambda x: K.cross_entropy(x, t, reduction="sum"),
+            "fake_quantize": lambda x: K.fake_quantize(x, 0.1, 0, -128, 127)}
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy", "fake_quantize"])
+def test_cpp_ops_under_non_reentrant_checkpoint(name):
+    """Activation checkpointing (use_reentrant=False) allows one unpack of each saved tensor."""
+    from torch.utils.checkpoint import checkpoint
+    x, w = _leaf(4, 6, dtype=torch.float64), _leaf(6, dtype=torch.float64)
+    fn = _cpp_ops(x, w)[name]
+    plain = torch.autograd.grad(fn(x).sum(), [x, w], allow_unused=True)
+    again = torch.autograd.grad(checkpoint(fn, x, use_reentrant=False).sum(), [x, w], allow_unused=True)
+    for a, b in zip(plain, again):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_cpp_cross_entropy_jvp_through_double_backward():
+    """torch.autograd.functional.jvp differentiates the backward in its upstream gradient: linear, so allowed."""
+    z, v, t = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 5, 2, 1])
+    _, ours = torch.autograd.functional.jvp(lambda z: K.cross_entropy(z, t), z, v)
+    _, ref = torch.autograd.functional.jvp(lambda z: F.cross_entropy(z, t), z, v)
+    torch.testing.assert_close(ours, ref)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

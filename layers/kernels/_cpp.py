@@ -103,32 +103,41 @@ def _flags(compiler: str) -> list[str]:
     return flags
 
 
-def _first_order(backward):
-    """Run a registered backward without building a graph, and make a second derivative through it raise.
+def _delay_error(outputs, tensors):
+    """Make a second derivative through the gradients ``outputs`` raise, instead of coming back wrong.
 
-    The C++ backward kernels are not differentiable, so a double backward would otherwise see
-    gradients without a history and return a wrong (zero) second derivative. As
-    ``torch.autograd.function.once_differentiable``, but a saved tensor that requires grad (the
-    input, say) also counts, so ``grad(grad(y.sum(), x, create_graph=True).sum(), x)`` raises
-    even though the upstream gradient of ``sum`` does not require grad.
+    The C++ backward kernels are not differentiable: under ``create_graph=True`` their gradients
+    would have no history, and a double backward would return zeros (or drop a path). Each
+    gradient is routed through an error node (``DelayedError``, as in
+    ``torch.autograd.function.once_differentiable``) that also takes every tensor of ``tensors``
+    that requires grad, so any derivative reaching those tensors through the gradient runs the
+    node and raises. No copy is made; with grad mode off (plain backward) nothing happens.
+    """
+    history = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not torch.is_grad_enabled() or not history:
+        return outputs
+    single = not isinstance(outputs, tuple)
+    outputs = (outputs,) if single else outputs
+    message = (b"layers.kernels: the C++ operators have no double backward "
+               b"(use the reference Function of layers, or backend='compile')")
+    wrapped = tuple(torch._C._functions.DelayedError(message, 1 + len(history))(o.detach(), *history)[0]
+                    if isinstance(o, torch.Tensor) else o for o in outputs)
+    return wrapped[0] if single else wrapped
+
+
+def _first_order(backward):
+    """Decorate ``backward(ctx, saved, *grads)``: run it without a graph, and guard its gradients.
+
+    The saved tensors are unpacked here, once (non-reentrant checkpointing allows one unpack), and
+    passed in; the gradients go through :func:`_delay_error` with the upstream gradients and the
+    saved tensors.
     """
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        saved = ctx.saved_tensors
         with torch.no_grad():
-            outputs = backward(ctx, *grads)
-        tensors = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor)]
-        if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
-            return outputs
-        single = not isinstance(outputs, tuple)
-        outputs = (outputs,) if single else outputs
-        # Each gradient goes through an error node that also takes every tensor that requires grad as
-        # an input, so any derivative that reaches those tensors through this gradient runs it.
-        history = [t for t in tensors if t.requires_grad]
-        message = (b"layers.kernels: the C++ operators have no double backward "
-                   b"(use the reference Function of layers, or backend='compile')")
-        wrapped = tuple(torch._C._functions.DelayedError(message, 1 + len(history))(o.detach(), *history)[0]
-                        if isinstance(o, torch.Tensor) else o for o in outputs)
-        return wrapped[0] if single else wrapped
+            outputs = backward(ctx, saved, *grads)
+        return _delay_error(outputs, (*grads, *saved))
     return wrapper
 
 
@@ -189,8 +198,8 @@ def _register() -> None:
         ctx.bias_shape = None if bias is None else bias.shape
 
     @_first_order
-    def ln_backward(ctx, dy, _dmean, _drstd):
-        input, weight, mean, rstd = ctx.saved_tensors
+    def ln_backward(ctx, saved, dy, _dmean, _drstd):
+        input, weight, mean, rstd = saved
         need = ctx.needs_input_grad
         mask = [need[0], weight is not None and need[1], ctx.bias_shape is not None and need[2]]
         dx, dw, db = ops.layer_norm_backward(dy, input, mean, rstd, weight, mask)
@@ -210,11 +219,13 @@ def _register() -> None:
         ctx.save_for_backward(output[1])                            # only the gradient: (R, C)
         ctx.set_materialize_grads(False)                            # no (R, C) zeros for the unused output
 
-    @_first_order
     def ce_backward(ctx, dloss, _dgrad):
         (grad,) = ctx.saved_tensors
         if dloss is None or not ctx.needs_input_grad[0]:
             return None, None, None
+        # Linear in dloss (a real path, so the double-backward jvp trick works); the path to the
+        # logits through the saved gradient is what has no derivative: the error node sits there.
+        grad = _delay_error(grad, (grad,))
         scale = dloss.unsqueeze(1) if ctx.reduction == 0 else dloss  # (R, 1) per row, or a scalar
         return grad * scale, None, None
 
@@ -233,8 +244,8 @@ def _register() -> None:
         ctx.save_for_backward(inputs[0])
 
     @_first_order
-    def gelu_backward(ctx, dy):
-        (x,) = ctx.saved_tensors
+    def gelu_backward(ctx, saved, dy):
+        (x,) = saved
         return ops.gelu_backward(dy, x)
 
     lib.register_autograd("layers::gelu", gelu_backward, setup_context=gelu_setup)
@@ -251,8 +262,8 @@ def _register() -> None:
         ctx.save_for_backward(*inputs)
 
     @_first_order
-    def prelu_backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+    def prelu_backward(ctx, saved, dy):
+        x, weight = saved
         mask = list(ctx.needs_input_grad[:2])
         dx, dw = ops.prelu_backward(dy, x, weight, mask)
         return dx if mask[0] else None, dw if mask[1] else None
@@ -271,8 +282,8 @@ def _register() -> None:
     lib.register_fake("layers::fake_quantize_backward")(lambda grad_out, mask: _empty(grad_out))
 
     @_first_order
-    def fq_backward(ctx, dy, _dmask):
-        (mask,) = ctx.saved_tensors
+    def fq_backward(ctx, saved, dy, _dmask):
+        (mask,) = saved
         dx = ops.fake_quantize_backward(dy, mask) if dy is not None and ctx.needs_input_grad[0] else None
         return dx, None, None, None, None
 
@@ -308,15 +319,12 @@ class CrossEntropyInplace(torch.autograd.Function):
         ctx.save_for_backward(z)                                    # the logits' memory, holding the gradient
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dloss: torch.Tensor):
         if ctx.used:
             raise RuntimeError("cross_entropy(inplace=True): its gradient buffer serves one backward only "
                                "(retain_graph=True and a second backward is not supported)")
         ctx.used = True
         (grad,) = ctx.saved_tensors                                 # (R, C)
-        if ctx.reduction == 0:
-            grad.mul_(dloss.unsqueeze(1))                           # (R, C) * (R, 1)
-        else:
-            grad.mul_(dloss)                                        # (R, C) * ()
-        return grad, None, None
+        with torch.no_grad():
+            grad.mul_(dloss.unsqueeze(1) if ctx.reduction == 0 else dloss)   # (R, C) * (R, 1) or ()
+        return _delay_error((grad, None, None), (dloss, grad))
