@@ -38,11 +38,12 @@ test: unit nbval
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))" 2>/dev/null || echo 2)
 XDIST   := $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadscope)
 
-# The stored notebook outputs are reproduced bit for bit on any x86-64 CPU with AVX2 (Intel or
-# AMD, with or without AVX-512): MKL takes its one vendor-independent code path (conditional
-# numerical reproducibility), ATen's and oneDNN's kernels are held to their AVX2 forms, and
-# every run has the same number of threads. Without these, float32 matrix products differ in
-# their last bits between CPUs, and a few epochs of training show it in the third decimal.
+# One code path for the notebooks whatever x86-64 CPU runs them (Intel or AMD, AVX2 with or
+# without AVX-512), so that their stored outputs can be reproduced bit for bit: MKL takes the
+# path its conditional numerical reproducibility documents as the same on every x86 CPU,
+# ATen's and oneDNN's kernels are held to their AVX2 forms, and the thread count is fixed.
+# Without these, float32 matrix products differ in their last bits between CPUs, and a few
+# epochs of training show it in the third decimal of a printed accuracy.
 REPRO_ENV := MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2
 
 unit: $(STAMP)
