@@ -202,30 +202,27 @@ def test_cross_entropy_memory_beyond_the_logits():
     assert [round(p) for p in peaks.values()] == [3, 2, 1], peaks
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy", "cross_entropy inplace"])
-def test_cpp_second_derivative_raises(name):
-    """A C++ backward is not differentiable: a second derivative through it raises, never returns zeros."""
-    x = _leaf(4, 6, dtype=torch.float64)
-    w = _leaf(6, dtype=torch.float64)
-    t = torch.zeros(4, dtype=torch.long)
-    fn = {"layer_norm": lambda x: K.layer_norm(x, 6, w, w), "gelu": K.gelu,
-          "prelu": lambda x: K.prelu(x, w),
-          "cross_entropy": lambda x: K.cross_entropy(x, t),
-          "cross_entropy inplace": lambda x: K.cross_entropy(x * 2, t, inplace=True)}[name]
-    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no double backward"):
-        torch.autograd.grad(g.pow(2).sum(), x)
-    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no double backward"):
-        torch.autograd.grad((g + x).sum(), x)                      # x reached through g as well: not dropped
-
-
 def _cpp_ops(x, w):
     """Each C++ op on ``x`` (4, 6), as a function of ``x`` (``w``: (6,) parameters)."""
     t = torch.tensor([0, 5, 2, 1])
     return {"layer_norm": lambda x: K.layer_norm(x, 6, w, w), "gelu": K.gelu, "prelu": lambda x: K.prelu(x, w),
             "cross_entropy": lambda x: K.cross_entropy(x, t, reduction="sum"),
             "fake_quantize": lambda x: K.fake_quantize(x, 0.1, 0, -128, 127)}
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy", "cross_entropy inplace"])
+def test_cpp_second_derivative_raises(name):
+    """A C++ backward is not differentiable: a second derivative through it raises, never returns zeros."""
+    x = _leaf(4, 6, dtype=torch.float64)
+    w = _leaf(6, dtype=torch.float64)
+    t = torch.tensor([0, 5, 2, 1])
+    fn = {**_cpp_ops(x, w), "cross_entropy inplace": lambda x: K.cross_entropy(x * 2, t, inplace=True)}[name]
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(g.pow(2).sum(), x)
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad((g + x).sum(), x)                      # x reached through g as well: not dropped
 
 
 @pytest.mark.parametrize("name", ["layer_norm", "gelu", "prelu", "cross_entropy", "fake_quantize"])
