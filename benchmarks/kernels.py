@@ -39,7 +39,6 @@ import csv
 import math
 import platform
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 
 import layers
 from layers import kernels as K
-from layers.measuring import peak_bytes, saved_bytes
+from layers.measuring import peak_bytes, saved_bytes, time_step
 
 __all__ = ["Row", "MIN_BYTES", "TARGETS", "copy_bandwidth", "run", "format_table", "write_csv", "write_markdown",
            "main"]
@@ -187,42 +186,12 @@ def _step(fn: Callable, inputs: list) -> Callable[[], None]:
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_min(steps: list[Callable[[], None]], device: torch.device, warmup: int = 3, repeats: int = 15,
-             min_block_s: float = 0.03) -> list[float]:
-    """Minimum seconds per call of each step over ``repeats`` alternating rounds, after warm-up."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for step in steps:
-        step()
-    _sync(device)
-    number = max(1, int(min_block_s * len(steps) / max(time.perf_counter() - t0, 1e-9)))
-    best = [math.inf] * len(steps)
-    for rnd in range(repeats):
-        order = range(len(steps)) if rnd % 2 == 0 else reversed(range(len(steps)))
-        for i in order:
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(number):
-                steps[i]()
-            _sync(device)
-            best[i] = min(best[i], (time.perf_counter() - t) / number)
-    return best
-
-
 def copy_bandwidth(device: torch.device | str = "cpu", mib: int = 64, repeats: int = 15) -> float:
     """Bytes per second of copying a ``mib`` MiB float32 tensor into another (read + write), best of ``repeats``."""
     device = torch.device(device)
     x = torch.randn(mib * 2**18, device=device)
     y = torch.empty_like(x)
-    (seconds,) = time_min([lambda: y.copy_(x)], device, warmup=2, repeats=repeats, min_block_s=0.05)
+    (seconds,) = time_step([lambda: y.copy_(x)], device, warmup=2, repeats=repeats, min_block_s=0.05)
     return 2 * x.nbytes / seconds
 
 
@@ -250,7 +219,7 @@ def run(quick: bool = False, device: str | torch.device | None = None, only: lis
         names = [f for f in fns if f == "built-in" or forms is None or f in forms]
         inputs = make()
         steps = [_step(fns[f], inputs) for f in names] + [lambda: dst.copy_(big)]
-        *times, copy_s = time_min(steps, device, repeats=repeats, min_block_s=0.005 if quick else 0.01)
+        *times, copy_s = time_step(steps, device, repeats=repeats, min_block_s=0.005 if quick else 0.01)
         copy_best = min(copy_best, copy_s)
         saved = [saved_bytes(fns[f], inputs) / 2**20 for f in names]
         # PeakMemory is a dispatch mode, under which torch.compile runs the function eagerly: no peak for it

@@ -1,15 +1,16 @@
 """Measuring tools: time, bytes saved for backward, peak memory and ATen operation counts.
 
 Used by :mod:`layers.testing` (the ``needs_input_grad`` check counts operations),
-by the benchmarks (``python -m benchmarks``) and by the chapters "Custom layers in
-practice" (``book/practice.ipynb``), "Attention" and "Convolutions and
-normalization", which import them instead of writing their own.
+by the benchmarks (``python -m benchmarks``, ``python -m benchmarks.kernels``) and by
+the chapters (taught in "Custom layers in practice", ``book/practice.ipynb``), which
+import them instead of writing their own.
 
 * **Time** (:func:`time_step`): each step is warmed up, then the steps are timed
-  in alternating blocks (ours, built-in, ours, built-in, ...), so a burst of load
-  on a shared machine hits both; the *minimum* time per call over the repeats is
-  reported, the least disturbed estimate. On CUDA every block is bracketed by
-  ``torch.cuda.synchronize()``.
+  in alternating blocks, the order reversed every other round (ours, built-in |
+  built-in, ours | ...), so a burst of load on a shared machine hits both, and
+  neither side always runs in the other's wake (its caches, its freed memory); the
+  *minimum* time per call over the repeats is reported, the least disturbed
+  estimate. On CUDA every block is bracketed by ``torch.cuda.synchronize()``.
 * **Bytes saved for backward** (:func:`saved_bytes`): distinct storages that
   autograd keeps alive for backward, seen with
   ``torch.autograd.graph.saved_tensors_hooks``; deterministic on CPU.
@@ -18,14 +19,20 @@ normalization", which import them instead of writing their own.
   ``TorchDispatchMode`` (PyTorch keeps no allocator statistics on CPU);
   :func:`cuda_peak_bytes` uses the CUDA allocator's statistics.
 * **Operations** (:class:`OpCounter`): the ATen operations run while active, their
-  names, and the largest tensor any of them returned.
+  names, how many large tensors each reads and writes, and the largest tensor any of
+  them returned.
+* **Quiet profiling** (:func:`profile_table`, :func:`stderr_silenced`): the profiler's
+  table without its log lines on standard error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -33,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 __all__ = ["OpCounter", "PeakMemory", "cuda_peak_bytes", "make_step", "parameters_of", "peak_bytes",
-           "profile_table", "saved_bytes", "time_step"]
+           "profile_table", "saved_bytes", "stderr_silenced", "time_step"]
 
 
 # ----------------------------------------------------------------------------- steps
@@ -77,7 +84,8 @@ def time_step(steps: Sequence[Callable[[], None]], device: torch.device | str = 
     Each step runs ``warmup`` times; a block size ``number`` is chosen so that a
     block of the slowest step lasts about ``min_block_s``; then ``repeats`` rounds
     each time one block of every step in turn. Returns, per step, the smallest
-    block time divided by ``number``.
+    block time divided by ``number``. The order of the steps is reversed every
+    other round, so neither side always runs right after the other.
 
     Args:
         steps: callables without arguments (see :func:`make_step`).
@@ -99,8 +107,10 @@ def time_step(steps: Sequence[Callable[[], None]], device: torch.device | str = 
         slowest = max(slowest, time.perf_counter() - t0)
     number = max(1, int(min_block_s / max(slowest, 1e-9)))
     best = [float("inf")] * len(steps)
-    for _ in range(repeats):
-        for i, step in enumerate(steps):
+    for rnd in range(repeats):
+        order = range(len(steps)) if rnd % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            step = steps[i]
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(number):
@@ -246,6 +256,13 @@ class OpCounter(TorchDispatchMode):
     Attributes:
         count: number of operations recorded.
         names: their names (``"mm"``, ``"sum"``, ...), in order.
+        ops: one ``(name, reads, writes)`` per recorded operation: how many of its
+            tensor arguments (``reads``) and results (``writes``) have at least
+            ``min_numel`` elements (a tensor passed twice counts twice). With
+            ``min_numel`` the size of the input, this bounds the passes over
+            full-size memory from above: every tensor argument counts as a read,
+            also the destination of an in-place or ``out=`` op and the template
+            of ``empty_like``, which are not read.
         largest: the most elements of any tensor an operation returned.
 
     Examples:
@@ -254,6 +271,10 @@ class OpCounter(TorchDispatchMode):
         ...     (x * 2).sum().backward()
         >>> ops.count > 0 and "mul" in ops.names
         True
+        >>> with OpCounter(min_numel=x.numel()) as big:
+        ...     y = x * x
+        >>> big.ops
+        [('mul', 2, 1)]
     """
 
     def __init__(self, min_numel: int = 0, skip_views: bool = False) -> None:
@@ -261,6 +282,7 @@ class OpCounter(TorchDispatchMode):
         self.min_numel, self.skip_views = min_numel, skip_views
         self.count = 0
         self.names: list[str] = []
+        self.ops: list[tuple[str, int, int]] = []
         self.largest = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -272,21 +294,46 @@ class OpCounter(TorchDispatchMode):
             alias = returns[0].alias_info if returns else None
             if alias is not None and not alias.is_write:
                 return out
-        if self.min_numel:
-            tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)] + outs
-            if not any(t.numel() >= self.min_numel for t in tensors):
-                return out
+        ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
+        reads = sum(t.numel() >= self.min_numel for t in ins)
+        writes = sum(t.numel() >= self.min_numel for t in outs)
+        if self.min_numel and not (reads or writes):
+            return out
+        name = func.overloadpacket.__name__
         self.count += 1
-        self.names.append(func.overloadpacket.__name__)
+        self.names.append(name)
+        self.ops.append((name, reads, writes))
         return out
 
 
+@contextlib.contextmanager
+def stderr_silenced() -> Iterator[None]:
+    """Sends the process's standard error to ``/dev/null`` while active, at the file-descriptor level.
+
+    ``torch.profiler`` and the C++ compiler behind ``torch.compile`` write to file
+    descriptor 2 directly, which ``sys.stderr`` (and ``contextlib.redirect_stderr``) never
+    sees; in a notebook those lines would land on the page.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_table(fn: Callable, inputs: Sequence, steps: int = 5, row_limit: int = 12) -> str:
-    """``torch.profiler`` table (self CPU time per ATen op) of ``steps`` forward + backward calls of ``fn``."""
+    """``torch.profiler`` table (self CPU time per ATen op) of ``steps`` forward + backward calls of ``fn``.
+
+    The profiler's own start/stop lines on standard error are silenced (:func:`stderr_silenced`).
+    """
     step = make_step(fn, [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
                           for t in inputs])
     step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with stderr_silenced(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)

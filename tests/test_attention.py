@@ -11,6 +11,7 @@ from layers.attention import (
 from layers.attention.sdpa import _scaled_dot_product_attention_apply
 from layers.composable import autocast_apply
 from layers.linear import Linear
+from layers.measuring import OpCounter
 from layers.testing import check_layer
 
 DTYPES = [torch.float64, torch.float32]
@@ -357,26 +358,11 @@ def test_blocked_double_backward_across_blocks():
 
 
 def test_no_full_score_matrix_is_ever_allocated():
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class Shapes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
-                    self.largest = max(self.largest, t.numel())
-            return out
-
     L = S = 96
     q, k, v = (torch.randn(1, 2, n, 4, requires_grad=True) for n in (L, S, S))
-    with Shapes() as shapes:
+    with OpCounter() as ops:
         scaled_dot_product_attention(q, k, v, is_causal=True, block_size=32).sum().backward()
-    assert shapes.largest == 1 * 2 * 32 * S           # one (B, H, block, S) block, never (B, H, L, S)
+    assert ops.largest == 1 * 2 * 32 * S              # one (B, H, block, S) block, never (B, H, L, S)
 
 
 @pytest.mark.parametrize("block_size", [0, -1, 2.0, True])

@@ -2,6 +2,7 @@
 
 import csv
 import math
+import os
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from benchmarks.registry import Case, cases
 from benchmarks.report import Result, write_csv, write_markdown
 from benchmarks.runner import compile_result, format_compile
 from layers.attention import scaled_dot_product_attention
-from layers.measuring import OpCounter, PeakMemory, peak_bytes, saved_bytes, time_step
+from layers.measuring import OpCounter, PeakMemory, peak_bytes, saved_bytes, stderr_silenced, time_step
 from layers.references import naive_attention
 
 
@@ -70,6 +71,8 @@ def test_time_step_reports_the_minimum_of_alternating_blocks():
     assert 0 < t_fast < t_slow
     timed = [c for c in calls[4:] if c]                        # after warm-up and sizing
     assert timed.index("b") > 0 and "a" in timed[timed.index("b"):]   # blocks alternate
+    blocks = [c for i, c in enumerate(timed) if i == 0 or timed[i - 1] != c]   # runs of one step
+    assert blocks == ["a", "b", "a", "b"]        # rounds a b | b a | a b: the order reverses every other round
 
 
 def test_op_counter_counts_names_and_largest():
@@ -80,6 +83,17 @@ def test_op_counter_counts_names_and_largest():
     with OpCounter(min_numel=16 * 8, skip_views=True) as big:
         x.t().exp().sum()
     assert big.names == ["exp", "sum"]                         # the transpose is a view
+    assert big.ops == [("exp", 1, 1), ("sum", 1, 0)]           # full-size reads and writes per op
+    with OpCounter(min_numel=16 * 8) as passes:
+        torch.mul(x, x).detach()
+    assert passes.ops == [("mul", 2, 1), ("detach", 1, 1)]     # x read twice; detach is a view (not skipped)
+
+
+def test_stderr_silenced_hides_writes_to_file_descriptor_2(capfd):
+    with stderr_silenced():
+        os.write(2, b"profiler noise\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
 
 
 def test_status_reports_missed_targets():
