@@ -293,6 +293,13 @@ def test_sqnr_six_db_per_bit():
     (lambda: fake_quantize(torch.randn(3), 0.0, 0, 0, 255), ValueError, "positive finite scale, got 0.0"),
     (lambda: fake_quantize(torch.randn(3), -0.1, 0, 0, 255), ValueError, "positive finite scale"),
     (lambda: fake_quantize(torch.randn(3), 0.1, 300, 0, 255), ValueError, r"zero_point in \[quant_min"),
+    (lambda: fake_quantize(torch.randn(3), 1e-50, 0, 0, 255), ValueError, "positive finite scale, got 0.0"),
+    (lambda: fake_quantize(torch.randn(3), float("nan"), 0, 0, 255), ValueError, "positive finite scale, got nan"),
+    (lambda: fake_quantize(torch.randn(3), 0.1, float("nan"), 0, 255), ValueError, "integer zero_point, got nan"),
+    (lambda: fake_quantize(torch.randn(3), 0.1, float("inf"), 0, 255), ValueError, "zero_point in .*got inf"),
+    (lambda: fake_quantize(torch.randn(3), 0.1, 2.5, 0, 255), ValueError, "integer zero_point, got 2.5"),
+    (lambda: fake_quantize(torch.randn(3), torch.tensor(0.1), torch.tensor(256), 0, 255), ValueError,
+     r"zero_point in \[quant_min, quant_max\] = \[0, 255\], got 256$"),
     (lambda: fake_quantize(torch.randn(3), 0.1, 0, 5, 5), ValueError, "quant_min < quant_max"),
     (lambda: fake_quantize(torch.arange(3), 0.1, 0, 0, 255), TypeError, "floating-point"),
     (lambda: fake_quantize(torch.randn(2, 3), torch.tensor([0.1, 0.0, 0.1]), torch.zeros(3, dtype=torch.int32),
@@ -303,6 +310,8 @@ def test_sqnr_six_db_per_bit():
      "positive finite scale"),
     (lambda: lsq_quantize(torch.randn(3), torch.tensor([1.0]), torch.tensor([9.0]), 0, 7), ValueError,
      "zero_point in"),
+    (lambda: lsq_quantize(torch.randn(3), torch.tensor([1.0]), torch.tensor([7.5]), 0, 7), ValueError,
+     r"got 7.5 \(rounds to 8\)"),                                 # half to even: 7.5 -> 8, outside [0, 7]
     (lambda: pact_quantize(torch.randn(3), torch.tensor([0.0]), 4), ValueError, "positive finite alpha"),
     (lambda: pact_quantize(torch.randn(3), torch.tensor([1.0]), 1), ValueError, "bits"),
     (lambda: MinMaxObserver()(torch.tensor([1.0, float("nan")])), ValueError, "NaN/Inf"),
@@ -314,6 +323,22 @@ def test_sqnr_six_db_per_bit():
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_learned_zero_point_rounds_half_to_even_into_the_range():
+    # not integers (integer=False): 6.5 rounds to 6 (even), inside [0, 7]; the check lets it through
+    y = lsq_quantize(torch.randn(3), torch.tensor([1.0]), torch.tensor([6.5]), 0, 7)
+    assert y.shape == (3,)
+
+
+@pytest.mark.parametrize("scale", [-0.5, float("nan")])
+def test_a_bad_python_scale_is_refused_while_tracing(scale):
+    # a Python number is checked in plain Python, so torch.compile and meta tensors see the check too
+    compiled = torch.compile(lambda x: fake_quantize(x, scale, 0, 0, 255), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match="positive finite scale"):      # torch.compile may wrap the error
+        compiled(torch.randn(4))
+    with pytest.raises(ValueError, match="positive finite scale"):
+        fake_quantize(torch.randn(4, device="meta"), scale, 0, 0, 255)
 
 
 # ------------------------------------------------------------------------ modules, layers

@@ -345,6 +345,12 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
                                                  quant_max=quant_max)
     check_tensor(input, where)
     check_qrange(where, quant_min, quant_max)
+    # Python numbers are checked as they are (also while tracing), tensors in eager mode; the scale
+    # once more as the float32 the kernel uses (1e-50 becomes 0)
+    if not isinstance(scale, Tensor):
+        check_scale_values(where, float(scale))
+    if not isinstance(zero_point, Tensor):
+        check_zero_point_values(where, zero_point, quant_min, quant_max)
     scale_t, zero_point_t = torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(zero_point)
     for name, t in (("scale", scale_t), ("zero_point", zero_point_t)):
         if t.numel() != 1:

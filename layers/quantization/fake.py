@@ -56,23 +56,54 @@ def check_finite(where: str, x: Tensor, name: str = "input") -> None:
         raise ValueError(f"{where}: expected a finite {name}, got {bad} NaN/Inf value(s) of {x.numel()}")
 
 
-def check_scale_values(where: str, scale: Tensor) -> None:
-    if values_checkable(scale) and not bool(((scale > 0) & torch.isfinite(scale)).all()):
-        got = scale.detach().min().item() if scale.numel() > 1 else scale.detach().reshape(()).item()
-        raise ValueError(f"{where}: expected a positive finite scale, got {got}"
-                         + (" (the smallest of the scales)" if scale.numel() > 1 else ""))
+def check_scale_values(where: str, scale: Tensor | float) -> None:
+    """Raise ``ValueError`` unless every scale is positive and finite (a tensor, or a Python number).
+
+    A Python number is always checked. A tensor is checked in eager mode only
+    (:func:`~layers.composable.values_checkable`: not while torch.compile or torch.func
+    traces, not on the meta device); a one-element tensor is read once (``.item()``) and
+    checked in plain Python, many times cheaper than tensor comparisons for one value.
+    """
+    if isinstance(scale, Tensor):
+        if not values_checkable(scale):
+            return
+        if scale.numel() != 1:
+            if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+                raise ValueError(f"{where}: expected a positive finite scale, got {scale.detach().min().item()} "
+                                 "(the smallest of the scales)")
+            return
+        scale = scale.item()
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{where}: expected a positive finite scale, got {scale}")
 
 
-def check_zero_point_values(where: str, zero_point: Tensor, quant_min: int, quant_max: int,
-                             integer: bool = True) -> None:
-    if not values_checkable(zero_point):
-        return
-    if integer and zero_point.is_floating_point() and not bool((zero_point == torch.round(zero_point)).all()):
-        raise ValueError(f"{where}: expected an integer zero_point, got {zero_point.detach().tolist()}")
-    z = torch.round(zero_point.detach().double())
-    if not bool(((z >= quant_min) & (z <= quant_max)).all()):
+def check_zero_point_values(where: str, zero_point: Tensor | float, quant_min: int, quant_max: int,
+                            integer: bool = True) -> None:
+    """Raise ``ValueError`` unless every zero point, rounded half to even, lies in ``[quant_min, quant_max]``
+    and, with ``integer``, is a whole number.
+
+    ``zero_point``: a Python number (always checked) or a tensor (checked in eager mode only,
+    as in :func:`check_scale_values`; a one-element tensor is read once and checked as a number).
+    """
+    if isinstance(zero_point, Tensor):
+        if not values_checkable(zero_point):
+            return
+        if zero_point.numel() != 1:
+            if integer and zero_point.is_floating_point() and not bool((zero_point == torch.round(zero_point)).all()):
+                raise ValueError(f"{where}: expected an integer zero_point, got {zero_point.detach().tolist()}")
+            z = torch.round(zero_point.detach().double())
+            if not bool(((z >= quant_min) & (z <= quant_max)).all()):
+                raise ValueError(f"{where}: expected zero_point in [quant_min, quant_max] = [{quant_min}, {quant_max}], "
+                                 f"got values from {z.min().item():g} to {z.max().item():g}")
+            return
+        zero_point = zero_point.item()
+    z = float(zero_point)
+    rounded = float(round(z)) if math.isfinite(z) else z      # round() is half to even, as torch.round
+    if integer and not z == rounded:
+        raise ValueError(f"{where}: expected an integer zero_point, got {zero_point}")
+    if not quant_min <= rounded <= quant_max:
         raise ValueError(f"{where}: expected zero_point in [quant_min, quant_max] = [{quant_min}, {quant_max}], "
-                         f"got values from {z.min().item():g} to {z.max().item():g}")
+                         f"got {z:g}" + (f" (rounds to {rounded:g})" if rounded != z and z == z else ""))
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -324,25 +355,18 @@ def fake_quantize(input: Tensor, scale: float | Tensor, zero_point: int | Tensor
     check_tensor(input, where)
     check_qrange(where, quant_min, quant_max)
     if axis is None:
-        policy = None
-        if not isinstance(scale, Tensor):
-            scale, policy = float(scale), "float32"                   # the scalar overload: float32 under autocast
-            if not (math.isfinite(scale) and scale > 0):
-                raise ValueError(f"{where}: expected a positive finite scale, got {scale}")
-            scale = torch.tensor(scale, dtype=torch.float32, device=input.device)
-        if not isinstance(zero_point, Tensor):
-            if float(zero_point) != int(zero_point):
-                raise ValueError(f"{where}: expected an integer zero_point, got {zero_point}")
-            if not quant_min <= int(zero_point) <= quant_max:
-                raise ValueError(f"{where}: expected zero_point in [quant_min, quant_max] = "
-                                 f"[{quant_min}, {quant_max}], got {zero_point}")
-            zero_point = torch.tensor(int(zero_point), dtype=torch.int32, device=input.device)
         for name, t in (("scale", scale), ("zero_point", zero_point)):
-            if t.numel() != 1:
+            if isinstance(t, Tensor) and t.numel() != 1:
                 raise ValueError(f"{where}: expected a one-element {name} for per-tensor quantization, "
                                  f"got shape {tuple(t.shape)} (use axis= for per-channel)")
-        check_scale_values(where, scale)
+        policy = None
+        if not isinstance(scale, Tensor):                             # the scalar overload: float32 under autocast
+            check_scale_values(where, float(scale))                   # in plain Python: also under tracing
+            scale, policy = torch.tensor(float(scale), dtype=torch.float32, device=input.device), "float32"
+        check_scale_values(where, scale)                              # the float32 value the Function uses
         check_zero_point_values(where, zero_point, quant_min, quant_max)
+        if not isinstance(zero_point, Tensor):
+            zero_point = torch.tensor(int(zero_point), dtype=torch.int32, device=input.device)
         args = (input, scale.reshape(()), zero_point.reshape(()), quant_min, quant_max)
         if policy is None:
             return _fake_quantize_apply(*args)[0]
