@@ -1,6 +1,12 @@
 """Small helpers shared by the test files."""
 
+import pytest
 import torch
+import torch.distributed as dist
+
+#: Skip a module of multi-process tests where torch.distributed has no gloo backend.
+needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
 
 
 def sgd_step_lowers_loss(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,

@@ -10,12 +10,11 @@ tested in test_parallel.py.
 """
 
 import pytest
-import torch.distributed as dist
 
+from helpers import needs_gloo
 from layers.distributed import distributed_checks, launch
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")

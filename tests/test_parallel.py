@@ -6,15 +6,14 @@ is the slow part); the launch has a timeout so a hang cannot stall the run.
 
 import pytest
 import torch
-import torch.distributed as dist
 
+from helpers import needs_gloo
 from layers.distributed import launch, parallel_checks
 from layers.linear import Linear
 from layers.parallel import (ColumnParallelLinear, CopyToParallel, GatherFromParallel, ReduceFromParallel,
                              RowParallelLinear, ScatterToParallel)
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
