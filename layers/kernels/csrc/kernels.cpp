@@ -242,8 +242,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward_cpu(const Tensor& grad_ou
 
 // --------------------------------------------------------------------- fused cross-entropy
 // logits (R, C), target (R,) int64. reduction: 0 none, 1 mean, 2 sum.
-// One sweep per row: max, then exp(z - max) written into the gradient buffer while summing it,
-// then loss = log(sum) + max - z_t and grad = (p - onehot) * scale, scale = 1/R for "mean".
+// Three loops over each row while it is in cache: its max; exp(z - max) written into the gradient
+// buffer while summing it; then loss = log(sum) + max - z_t and grad = (p - onehot) * scale,
+// scale = 1/R for "mean".
 // grad is d loss / d logits for an upstream gradient of 1 (per row for "none"); backward only
 // multiplies it by the upstream gradient. grad may be z itself: each element of z is read before
 // the same element of grad is written (z_y is read first).
