@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import functools
 import http.server
+import multiprocessing
 import re
 import shutil
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -109,58 +111,74 @@ WIDGETS_DRAWN_JS = """(views) => [...document.querySelectorAll('.jupyter-widgets
   .filter(n => !(n.parentElement && n.parentElement.closest('.jupyter-widgets'))).length >= views"""
 
 
-def check_site(root: Path, screenshots: Path) -> list[str]:
+def _check_pages(base: str, root: Path, rels: list[str], screenshots: Path) -> list[tuple[str, list[str], str]]:
+    """Open each page of ``rels`` in one headless Chromium; per page its problems and a summary line."""
     from playwright.sync_api import sync_playwright
 
+    results = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        # Offline: anything that is not our own server is refused (and reported).
+        context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"), lambda route: route.abort())
+        for rel in rels:
+            errors: list[str] = []
+            page = context.new_page()
+            page.on("console", lambda m, e=errors: e.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda exc, e=errors: e.append(f"page error: {exc}"))
+            page.on("requestfailed", lambda r, e=errors: e.append(f"request failed: {r.url} ({r.failure})"))
+            page.on("response", lambda r, e=errors: e.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+            page.goto(f"{base}/{rel}", wait_until="networkidle")
+            state = page.evaluate(CHECK_PAGE_JS)
+            if state["rawMath"]:
+                try:                                 # MathJax typesets asynchronously: give it time
+                    page.wait_for_function(MATH_DONE_JS, timeout=15000)
+                except Exception:  # noqa: BLE001 -- a timeout: the state read next reports the raw math
+                    pass
+                state = page.evaluate(CHECK_PAGE_JS)
+            if state["views"] and state["drawn"] < state["views"]:
+                try:                                 # widgets render asynchronously: give them time
+                    page.wait_for_function(WIDGETS_DRAWN_JS, arg=state["views"], timeout=15000)
+                except Exception:  # noqa: BLE001 -- a timeout: the state read next reports the missing views
+                    pass
+                state = page.evaluate(CHECK_PAGE_JS)
+            errors += [f"image not loaded: {src}" for src in state["brokenImages"]]
+            if state["mathNodes"] and (state["typeset"] == 0 or state["rawMath"]):
+                errors.append(f"math not rendered: {state['rawMath']} of {state['mathNodes']} math nodes untypeset")
+            if state["views"] and state["drawn"] != state["views"]:
+                errors.append(f"widgets: {state['views']} embedded views but {state['drawn']} drawn")
+            if rel.startswith("book/") and not rel.startswith(("book/api/",)):
+                shot = screenshots / (rel.replace("/", "_").removesuffix(".html") + ".png")
+                page.screenshot(path=str(shot), full_page=True)
+            status = "ok" if not errors else f"{len(errors)} problem(s)"
+            results.append((rel, errors,
+                            f"  {rel:45s} {status}  (math {state['typeset']}, widgets {state['drawn']}/{state['views']})"))
+            page.close()
+        browser.close()
+    return results
+
+
+def check_site(root: Path, screenshots: Path, workers: int = 3) -> list[str]:
+    """Every check on every page; the pages are shared among ``workers`` browsers in their own
+    processes (a page spends most of its time waiting for the network to go idle and for
+    MathJax, so several browsers finish sooner even on two cores)."""
     problems: list[str] = []
     all_pages = pages(root)
     for page_path in all_pages:
         problems += [f"{page_path.relative_to(root)}: {p}" for p in check_links(root, page_path)]
+    rels = [p.relative_to(root).as_posix() for p in all_pages]
     server, base = _serve(root)
     screenshots.mkdir(parents=True, exist_ok=True)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            # Offline: anything that is not our own server is refused (and reported).
-            context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"), lambda route: route.abort())
-            for page_path in all_pages:
-                rel = page_path.relative_to(root).as_posix()
-                errors: list[str] = []
-                page = context.new_page()
-                page.on("console", lambda m, e=errors: e.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-                page.on("pageerror", lambda exc, e=errors: e.append(f"page error: {exc}"))
-                page.on("requestfailed", lambda r, e=errors: e.append(f"request failed: {r.url} ({r.failure})"))
-                page.on("response", lambda r, e=errors: e.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-                page.goto(f"{base}/{rel}", wait_until="networkidle")
-                state = page.evaluate(CHECK_PAGE_JS)
-                if state["rawMath"]:
-                    try:                                 # MathJax typesets asynchronously: give it time
-                        page.wait_for_function(MATH_DONE_JS, timeout=15000)
-                    except Exception:
-                        pass
-                    state = page.evaluate(CHECK_PAGE_JS)
-                if state["views"] and state["drawn"] < state["views"]:
-                    try:                                 # widgets render asynchronously: give them time
-                        page.wait_for_function(WIDGETS_DRAWN_JS, arg=state["views"], timeout=15000)
-                    except Exception:
-                        pass
-                    state = page.evaluate(CHECK_PAGE_JS)
-                errors += [f"image not loaded: {src}" for src in state["brokenImages"]]
-                if state["mathNodes"] and (state["typeset"] == 0 or state["rawMath"]):
-                    errors.append(f"math not rendered: {state['rawMath']} of {state['mathNodes']} math nodes untypeset")
-                if state["views"] and state["drawn"] != state["views"]:
-                    errors.append(f"widgets: {state['views']} embedded views but {state['drawn']} drawn")
-                if rel.startswith("book/") and not rel.startswith(("book/api/",)):
-                    shot = screenshots / (rel.replace("/", "_").removesuffix(".html") + ".png")
-                    page.screenshot(path=str(shot), full_page=True)
-                status = "ok" if not errors else f"{len(errors)} problem(s)"
-                print(f"  {rel:45s} {status}  (math {state['typeset']}, widgets {state['drawn']}/{state['views']})")
-                problems += [f"{rel}: {e}" for e in errors]
-                page.close()
-            browser.close()
+        shares = [rels[k::workers] for k in range(workers) if rels[k::workers]]
+        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = [r for share in pool.map(_check_pages, [base] * len(shares), [root] * len(shares), shares,
+                                               [screenshots] * len(shares)) for r in share]
     finally:
         server.shutdown()
+    for rel, errors, line in sorted(results):
+        print(line)
+        problems += [f"{rel}: {e}" for e in errors]
     return problems
 
 
