@@ -7,7 +7,7 @@ NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
 VENDOR := book/_static/vendor
 
-.PHONY: install book test unit nbval site-test site-test-if-chromium bench lab execute clean
+.PHONY: install book test unit nbval site-test bench lab execute clean
 
 install: $(STAMP)
 
@@ -27,14 +27,9 @@ book: $(STAMP) $(VENDOR)/.done
 $(VENDOR)/.done: book/_ext/fetch_vendor.py
 	$(BIN)/python book/_ext/fetch_vendor.py $(VENDOR)
 
-## make test: unit tests, then every notebook under strict nbval and, beside it, the site in a browser
+## make test: unit tests, every notebook under strict nbval, then the site in a browser
 ## (the browser part runs when Chromium is installed, and says so when it is skipped)
-# The browser check mostly waits (for the network to go idle, for MathJax), so it runs beside
-# nbval; --output-sync prints each one's output whole, when it ends.
-test: unit
-	@$(MAKE) --no-print-directory -j2 --output-sync=target nbval site-test-if-chromium
-
-site-test-if-chromium:
+test: unit nbval
 	@if command -v chromium >/dev/null 2>&1; then $(MAKE) --no-print-directory site-test; \
 	else echo "site-test skipped: Chromium is not installed (Debian: apt-get install chromium)"; fi
 
