@@ -111,7 +111,7 @@ WIDGETS_DRAWN_JS = """(views) => [...document.querySelectorAll('.jupyter-widgets
   .filter(n => !(n.parentElement && n.parentElement.closest('.jupyter-widgets'))).length >= views"""
 
 
-def _check_pages(base: str, root: Path, rels: list[str], screenshots: Path) -> list[tuple[str, list[str], str]]:
+def _check_pages(base: str, rels: list[str], screenshots: Path) -> list[tuple[str, list[str], str]]:
     """Open each page of ``rels`` in one headless Chromium; per page its problems and a summary line."""
     from playwright.sync_api import sync_playwright
 
@@ -172,8 +172,8 @@ def check_site(root: Path, screenshots: Path, workers: int = 3) -> list[str]:
     try:
         shares = [rels[k::workers] for k in range(workers) if rels[k::workers]]
         with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = [r for share in pool.map(_check_pages, [base] * len(shares), [root] * len(shares), shares,
-                                               [screenshots] * len(shares)) for r in share]
+            results = [r for share in pool.map(_check_pages, [base] * len(shares), shares, [screenshots] * len(shares))
+                       for r in share]
     finally:
         server.shutdown()
     for rel, errors, line in sorted(results):
