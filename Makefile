@@ -3,7 +3,11 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+# nbval runs the longest notebooks first (about a minute each, measured), so that the two workers
+# finish together instead of one waiting for the other's last long notebook; the others follow.
+NOTEBOOKS_LONGEST := book/convolutions.ipynb book/quantization.ipynb book/citizen.ipynb book/losses.ipynb \
+                     book/practice.ipynb
+NOTEBOOKS := $(NOTEBOOKS_LONGEST) $(filter-out $(NOTEBOOKS_LONGEST),$(sort $(wildcard book/*.ipynb)))
 
 VENDOR := book/_static/vendor
 
@@ -35,8 +39,10 @@ test: unit nbval
 
 # One pytest-xdist worker per core (WORKERS=1 runs in one process). --dist loadscope keeps each
 # test module, and each notebook, on one worker, so a notebook's cells run in order in one kernel.
+# xdist hands out the modules with the most tests first; the notebooks go in the order above.
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))" 2>/dev/null || echo 2)
 XDIST   := $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadscope)
+XDIST_IN_ORDER := $(if $(XDIST),$(XDIST) --no-loadscope-reorder)
 
 # One code path for the notebooks whatever x86-64 CPU runs them (Intel or AMD, AVX2 with or
 # without AVX-512), so that their stored outputs can be reproduced bit for bit: MKL takes the
@@ -57,7 +63,7 @@ unit: $(STAMP)
 
 nbval: $(STAMP)
 	$(TEST_ENV) $(REPRO_ENV) MPLBACKEND=module://matplotlib_inline.backend_inline \
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -q $(XDIST)
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -q $(XDIST_IN_ORDER)
 
 ## make site-test: build the site, open every page in headless Chromium, check links
 site-test: book

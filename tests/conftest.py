@@ -9,17 +9,29 @@ matplotlib.use("Agg")
 _CPP_REPORT = pytest.StashKey[str]()
 
 
-def pytest_sessionstart(session):
-    """Build the C++ operators of layers.kernels (or load them from the build cache) once, in the
-    main process, before any pytest-xdist worker starts, and time it for the summary."""
-    if hasattr(session.config, "workerinput"):                # a worker: the main process did it
+# The C++ operators of layers.kernels are built (first time on a machine, about 20 s) or loaded
+# from the build cache by the first test that needs them (test_kernels.py's module fixture), in
+# whichever pytest-xdist worker runs it, while the other worker goes on with its own tests. The
+# summary says how long that took: a worker hands its line to the main process when it finishes.
+def _cpp_report() -> str | None:
+    seconds = _cpp.build_seconds()
+    return None if seconds is None else f"ready in {seconds:.1f} s (build directory {_cpp.build_dir()})"
+
+
+def pytest_sessionfinish(session):
+    report = _cpp_report()
+    if report is None:
         return
-    try:
-        _cpp.load()
-        report = f"ready in {_cpp.build_seconds():.1f} s (build directory {_cpp.build_dir()})"
-    except Exception as exc:  # noqa: BLE001 -- no compiler, a stale library: the cpp tests fail and say why
-        report = f"not built: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-    session.config.stash[_CPP_REPORT] = report
+    if hasattr(session.config, "workeroutput"):               # a worker: tell the main process
+        session.config.workeroutput["cpp_report"] = report
+    else:
+        session.config.stash[_CPP_REPORT] = report
+
+
+def pytest_testnodedown(node, error):
+    report = getattr(node, "workeroutput", {}).get("cpp_report")
+    if report is not None:
+        node.config.stash[_CPP_REPORT] = report
 
 
 def pytest_terminal_summary(terminalreporter, config):
