@@ -158,7 +158,7 @@ def _check_pages(base: str, rels: list[str], screenshots: Path) -> list[tuple[st
     return results
 
 
-def check_site(root: Path, screenshots: Path, workers: int = 5) -> list[str]:
+def check_site(root: Path, screenshots: Path, workers: int = 3) -> list[str]:
     """Every check on every page; the pages are shared among ``workers`` browsers in their own
     processes (a page spends most of its time waiting for the network to go idle and for
     MathJax, so several browsers finish sooner even on two cores)."""

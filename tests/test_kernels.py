@@ -31,8 +31,8 @@ BACKENDS = ["cpp", "triton", "compile"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _build(one_thread):
-    _cpp.load()                       # build (first time on this machine) or load the C++ operators
+def _build(one_thread, cpp_operators):
+    """Every test here runs with the C++ operators built (first time on this machine) or loaded."""
 
 
 def _traceable(backend):
