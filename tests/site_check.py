@@ -1,6 +1,7 @@
 """Test the built website as a reader would: every page in headless Chromium.
 
-Usage: ``python tests/site_check.py [_build/html]`` (``make site-test`` runs it).
+Usage: ``python tests/site_check.py [--screenshots] [_build/html]`` (``make site-test`` runs it;
+``make site-test SCREENSHOTS=1`` adds the screenshots).
 
 For every HTML page of the built book this serves ``_build/html`` on a loopback
 port, opens the page in Debian's Chromium (driven by Playwright, with every
@@ -12,8 +13,10 @@ non-loopback request blocked, so the site must work offline), and checks:
 - every embedded widget view was drawn exactly once;
 - every internal link points at an existing file and, if it has one, an existing anchor.
 
-It saves a full-page screenshot of each chapter under ``_build/screenshots/`` and
-exits non-zero, listing the problems, if any check failed.
+With ``--screenshots`` it also saves a full-page screenshot of each chapter under
+``_build/screenshots/``, for a person to look at (no check reads them; they take about
+half the time of the run, so the test leaves them out by default). It exits non-zero,
+listing the problems, if any check failed.
 """
 
 from __future__ import annotations
@@ -111,8 +114,9 @@ WIDGETS_DRAWN_JS = """(views) => [...document.querySelectorAll('.jupyter-widgets
   .filter(n => !(n.parentElement && n.parentElement.closest('.jupyter-widgets'))).length >= views"""
 
 
-def _check_pages(base: str, rels: list[str], screenshots: Path) -> list[tuple[str, list[str], str]]:
-    """Open each page of ``rels`` in one headless Chromium; per page its problems and a summary line."""
+def _check_pages(base: str, rels: list[str], screenshots: Path | None) -> list[tuple[str, list[str], str]]:
+    """Open each page of ``rels`` in one headless Chromium; per page its problems and a summary line.
+    With a ``screenshots`` folder, each chapter page is also saved there as a full-page PNG."""
     from playwright.sync_api import sync_playwright
 
     results = []
@@ -147,7 +151,7 @@ def _check_pages(base: str, rels: list[str], screenshots: Path) -> list[tuple[st
                 errors.append(f"math not rendered: {state['rawMath']} of {state['mathNodes']} math nodes untypeset")
             if state["views"] and state["drawn"] != state["views"]:
                 errors.append(f"widgets: {state['views']} embedded views but {state['drawn']} drawn")
-            if rel.startswith("book/") and not rel.startswith(("book/api/",)):
+            if screenshots is not None and rel.startswith("book/") and not rel.startswith("book/api/"):
                 shot = screenshots / (rel.replace("/", "_").removesuffix(".html") + ".png")
                 page.screenshot(path=str(shot), full_page=True)
             status = "ok" if not errors else f"{len(errors)} problem(s)"
@@ -158,17 +162,19 @@ def _check_pages(base: str, rels: list[str], screenshots: Path) -> list[tuple[st
     return results
 
 
-def check_site(root: Path, screenshots: Path, workers: int = 3) -> list[str]:
-    """Every check on every page; the pages are shared among ``workers`` browsers in their own
-    processes (a page spends most of its time waiting for the network to go idle and for
-    MathJax, so several browsers finish sooner even on two cores)."""
+def check_site(root: Path, screenshots: Path | None = None, workers: int = 3) -> list[str]:
+    """Every check on every page (and, given a folder, a screenshot of each chapter); the pages
+    are shared among ``workers`` browsers in their own processes (a page spends part of its
+    time waiting for the network to go idle and for MathJax, so several browsers finish
+    sooner even on two cores)."""
     problems: list[str] = []
     all_pages = pages(root)
     for page_path in all_pages:
         problems += [f"{page_path.relative_to(root)}: {p}" for p in check_links(root, page_path)]
     rels = [p.relative_to(root).as_posix() for p in all_pages]
     server, base = _serve(root)
-    screenshots.mkdir(parents=True, exist_ok=True)
+    if screenshots is not None:
+        screenshots.mkdir(parents=True, exist_ok=True)
     try:
         shares = [rels[k::workers] for k in range(workers) if rels[k::workers]]
         with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -183,7 +189,13 @@ def check_site(root: Path, screenshots: Path, workers: int = 3) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[1] if len(argv) > 1 else "_build/html").resolve()
+    args = argv[1:]
+    shots = "--screenshots" in args
+    args = [a for a in args if a != "--screenshots"]
+    if len(args) > 1 or any(a.startswith("-") for a in args):
+        print("usage: python tests/site_check.py [--screenshots] [_build/html]")
+        return 2
+    root = Path(args[0] if args else "_build/html").resolve()
     if not (root / "index.html").exists():
         print(f"site_check: no built site at {root} (run `make book` first)")
         return 2
@@ -191,7 +203,7 @@ def main(argv: list[str]) -> int:
         print("site_check: Chromium not found (Debian: apt-get install chromium); browser checks skipped")
         return 0
     print(f"site_check: {len(pages(root))} pages under {root}")
-    problems = check_site(root, root.parent / "screenshots")
+    problems = check_site(root, root.parent / "screenshots" if shots else None)
     for p in problems:
         print("  PROBLEM", p)
     print(f"site_check: {'OK' if not problems else f'{len(problems)} problems'}")
