@@ -46,6 +46,7 @@ def fit(
     log_every: int = 1,
     on_step: Callable[[nn.Module, int], None] | None = None,
     verbose: bool = True,
+    eval_train: bool = True,
 ) -> History:
     """Train ``model`` on ``data`` and return its history.
 
@@ -66,13 +67,19 @@ def fit(
         on_step: called as ``on_step(model, step)`` after every optimizer step
             (to record a parameter, say).
         verbose: print progress lines.
+        eval_train: after each epoch, also measure the accuracy on the whole
+            training set (``"train_acc"``). It costs a forward pass over the
+            training set per epoch; a sweep that reads only the held-out accuracy
+            turns it off. It never changes the training itself (the pass runs in
+            eval mode, without gradients, and draws no random numbers).
 
     Returns:
-        ``{"epoch", "loss", "train_acc", "test_acc"}``, one entry per epoch;
-        ``loss`` is the mean training loss of the epoch. When ``data`` has a
-        validation split, ``"val_acc"`` replaces ``"test_acc"`` (and the progress
-        lines show it): the test set is then left for one final evaluation by the
-        caller, after every choice is made.
+        ``{"epoch", "loss", "train_acc", "test_acc"}``, one entry per epoch
+        (no ``"train_acc"`` when ``eval_train`` is off); ``loss`` is the mean
+        training loss of the epoch. When ``data`` has a validation split,
+        ``"val_acc"`` replaces ``"test_acc"`` (and the progress lines show it):
+        the test set is then left for one final evaluation by the caller, after
+        every choice is made.
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"fit: expected optimizer 'sgd' or 'adam', got {optimizer!r}")
@@ -90,7 +97,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     has_val = data.x_val is not None
     held_out, held_name = ((data.x_val, data.y_val), "val") if has_val else ((data.x_test, data.y_test), "test")
-    history: History = {"epoch": [], "loss": [], "train_acc": [], f"{held_name}_acc": []}
+    history: History = {"epoch": [], "loss": [], **({"train_acc": []} if eval_train else {}), f"{held_name}_acc": []}
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -111,9 +118,11 @@ def fit(
             count += len(xb)
         history["epoch"].append(epoch)
         history["loss"].append(total / count)
-        history["train_acc"].append(accuracy(model, data.x_train, data.y_train))
+        if eval_train:
+            history["train_acc"].append(accuracy(model, data.x_train, data.y_train))
         history[f"{held_name}_acc"].append(accuracy(model, *held_out))
         if verbose and (epoch % log_every == 0 or epoch == epochs):
+            train_part = f"train acc {history['train_acc'][-1]:.3f}  " if eval_train else ""
             print(f"epoch {epoch:3d}/{epochs}  loss {history['loss'][-1]:.4f}  "
-                  f"train acc {history['train_acc'][-1]:.3f}  {held_name} acc {history[f'{held_name}_acc'][-1]:.3f}")
+                  f"{train_part}{held_name} acc {history[f'{held_name}_acc'][-1]:.3f}")
     return history

@@ -106,6 +106,22 @@ def test_fit_reports_validation_not_test_when_there_is_a_validation_split(capsys
     assert "val acc" in out and "test acc" not in out
 
 
+def test_fit_without_the_training_set_evaluation_trains_the_same_model(capsys):
+    data = load_digits(val_size=0.2)
+    runs = []
+    for eval_train in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(layers.Linear(64, 16), layers.ReLU(), layers.Linear(16, 10))
+        runs.append((fit(model, data, epochs=2, lr=0.1, eval_train=eval_train), model))
+    (full, model_full), (lean, model_lean) = runs
+    assert set(lean) == {"epoch", "loss", "val_acc"} and "train_acc" in full
+    assert lean["loss"] == full["loss"] and lean["val_acc"] == full["val_acc"]
+    for a, b in zip(model_full.parameters(), model_lean.parameters()):
+        assert torch.equal(a, b)
+    lines = capsys.readouterr().out.splitlines()
+    assert "train acc" in lines[0] and "train acc" not in lines[-1] and "val acc" in lines[-1]
+
+
 def test_cosine_schedule_decays_the_rate_to_zero():
     data = load_digits()
     torch.manual_seed(0)
