@@ -15,12 +15,13 @@ VENDOR := book/_static/vendor
 
 install: $(STAMP)
 
-# --no-compile: pip would byte-compile every module of every package (torch has thousands) at
-# install time, about half of the install here; Python compiles the few it imports on first use.
+# (pip byte-compiles what it installs, about half of the install time here; not to be skipped
+# with --no-compile: where PYTHONDONTWRITEBYTECODE is set, every process would then compile
+# every module it imports, every time.)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
 ## make book: create .venv, install, build the site into _build/html (notebooks are not re-run)
