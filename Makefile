@@ -11,7 +11,7 @@ NOTEBOOKS := $(NOTEBOOKS_LONGEST) $(filter-out $(NOTEBOOKS_LONGEST),$(sort $(wil
 
 VENDOR := book/_static/vendor
 
-.PHONY: install book test unit nbval site-test bench lab execute clean
+.PHONY: install book test unit nbval site-test site-check no-site-check bench lab execute clean
 
 install: $(STAMP)
 
@@ -38,14 +38,21 @@ $(VENDOR)/.done: book/_ext/fetch_vendor.py
 ## (the browser part runs when Chromium is installed, and says so when it is skipped)
 # With Chromium, the site is built while the unit tests run: the build is one process, and
 # beside the two test workers it costs about half its own time instead of all of it
-# (--output-sync prints each one's output whole, when it is done). The browser check itself
-# runs last, alone: it keeps both cores busy, and beside the unit tests it cost more than
-# its own time (measured: 79 s more for a 53 s check).
+# (--output-sync, where this make has it, prints each one's output whole, when it is done).
+# The browser check itself runs last, alone: it keeps both cores busy, and beside the unit
+# tests it cost more than its own time (measured: 79 s more for a 53 s check).
+# Every part runs even when an earlier one fails (as -k would), and the target fails if any did.
 CHROMIUM := $(shell command -v chromium 2>/dev/null)
+BESIDE   := $(if $(CHROMIUM),-j2 $(if $(filter output-sync,$(.FEATURES)),--output-sync=target) unit book,unit)
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 --output-sync=target unit $(if $(CHROMIUM),book)
-	@$(MAKE) --no-print-directory nbval
-	@$(if $(CHROMIUM),$(SITE_CHECK),echo "site-test skipped: Chromium is not installed (Debian: apt-get install chromium)")
+	@status=0; \
+	$(MAKE) --no-print-directory -k $(BESIDE) || status=1; \
+	$(MAKE) --no-print-directory nbval || status=1; \
+	$(MAKE) --no-print-directory $(if $(CHROMIUM),site-check,no-site-check) || status=1; \
+	exit $$status
+
+no-site-check:
+	@echo "site-test skipped: Chromium is not installed (Debian: apt-get install chromium)"
 
 # One pytest-xdist worker per core (WORKERS=1 runs in one process). --dist loadscope keeps each
 # test module, and each notebook, on one worker, so a notebook's cells run in order in one kernel.
@@ -86,9 +93,12 @@ nbval: $(STAMP)
 
 ## make site-test: build the site, open every page in headless Chromium, check links
 ## (`make site-test SCREENSHOTS=1` also saves a screenshot of each chapter in _build/screenshots/)
-SITE_CHECK = $(BIN)/python tests/site_check.py $(if $(SCREENSHOTS),--screenshots) _build/html
 site-test: book
-	$(SITE_CHECK)
+	$(MAKE) --no-print-directory site-check
+
+# the browser check alone, on the site as last built
+site-check: $(STAMP)
+	$(BIN)/python tests/site_check.py $(if $(filter 1,$(SCREENSHOTS)),--screenshots) _build/html
 
 ## make bench: time and memory of every layer and every fast kernel against its PyTorch built-in
 ## (benchmarks/results.* and benchmarks/kernels_results.*); `make bench STRICT=1` fails on a missed target

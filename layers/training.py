@@ -70,8 +70,9 @@ def fit(
         eval_train: after each epoch, also measure the accuracy on the whole
             training set (``"train_acc"``). It costs a forward pass over the
             training set per epoch; a sweep that reads only the held-out accuracy
-            turns it off. It never changes the training itself (the pass runs in
-            eval mode, without gradients, and draws no random numbers).
+            turns it off. Either way the training is the same, for a model whose
+            eval-mode forward changes no state and draws no random numbers (every
+            layer here): the pass runs in eval mode, without gradients.
 
     Returns:
         ``{"epoch", "loss", "train_acc", "test_acc"}``, one entry per epoch

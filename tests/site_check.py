@@ -189,11 +189,15 @@ def check_site(root: Path, screenshots: Path | None = None, workers: int = 3) ->
 
 
 def main(argv: list[str]) -> int:
+    usage = "usage: python tests/site_check.py [--screenshots] [_build/html]"
     args = argv[1:]
+    if args in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     shots = "--screenshots" in args
     args = [a for a in args if a != "--screenshots"]
     if len(args) > 1 or any(a.startswith("-") for a in args):
-        print("usage: python tests/site_check.py [--screenshots] [_build/html]")
+        print(usage, file=sys.stderr)
         return 2
     root = Path(args[0] if args else "_build/html").resolve()
     if not (root / "index.html").exists():
