@@ -81,7 +81,10 @@ BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296
 # live timings compare forms timed side by side, under the same setting. (Not for benchmarks.)
 # Freed memory also stays in the process (BENCH_ENV above): a chapter's full-batch
 # evaluations no longer page-fault their large temporaries in afresh every time (about 5% faster).
-TEST_ENV := OMP_WAIT_POLICY=PASSIVE $(BENCH_ENV)
+# Inductor compiles in the test process itself (TORCHINDUCTOR_COMPILE_THREADS=1) instead of starting
+# a pool of compile workers in each test process and kernel: on two busy cores the pool's start-up
+# costs more than it saves (measured: the compile-backend kernel tests 9 s faster). Same generated code.
+TEST_ENV := OMP_WAIT_POLICY=PASSIVE TORCHINDUCTOR_COMPILE_THREADS=1 $(BENCH_ENV)
 
 # (nbval's plugin is off for the unit tests: importing it costs 2-3 s in each process)
 unit: $(STAMP)
