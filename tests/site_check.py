@@ -1,7 +1,7 @@
 """Test the built website as a reader would: every page in headless Chromium.
 
-Usage: ``python tests/site_check.py [--screenshots] [_build/html]`` (``make site-test`` runs it;
-``make site-test SCREENSHOTS=1`` adds the screenshots).
+Usage: ``python tests/site_check.py [--screenshots] [_build/html]`` (``make test`` and
+``make site-test`` run it; ``make site-test SCREENSHOTS=1`` adds the screenshots).
 
 For every HTML page of the built book this serves ``_build/html`` on a loopback
 port, opens the page in Debian's Chromium (driven by Playwright, with every
