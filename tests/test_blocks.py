@@ -8,31 +8,11 @@ import layers
 from helpers import batch_norm_biases, sgd_step_lowers_loss
 from layers.blocks import DepthwiseSeparableConv2d, ResidualBlock
 from layers.conv import conv2d_cost
+from layers.references import TorchResidualBlock
 from layers.testing import check_layer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # see conftest.py
-
-
-class TorchResidualBlock(nn.Module):
-    """The same block from torch.nn layers, with the same parameter names."""
-
-    def __init__(self, cin, cout, stride=1, shortcut=True):
-        super().__init__()
-        self.shortcut = shortcut
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.projection = None
-        if shortcut and (stride != 1 or cin != cout):
-            self.projection = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        if self.shortcut:
-            out = out + (x if self.projection is None else self.projection(x))
-        return torch.relu(out)
 
 
 @pytest.mark.parametrize("cin, cout, stride, shortcut", [

@@ -12,32 +12,9 @@ from layers.losses import (
     CrossEntropyLoss, FocalLoss, MSELoss, SoftmaxFocalLoss,
     cross_entropy, focal_loss, mse_loss, softmax_focal_loss,
 )
+from layers.references import sigmoid_focal_loss as torchvision_sigmoid_focal_loss   # torchvision's formula
+from layers.references import softmax_focal_loss as reference_softmax_focal
 from layers.testing import check_layer
-
-
-# ------------------------------------------------------------------ references
-def torchvision_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
-    """torchvision.ops.sigmoid_focal_loss, written out with torch ops (torchvision is not installed)."""
-    p = torch.sigmoid(inputs)
-    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    if reduction == "mean":
-        loss = loss.mean()
-    elif reduction == "sum":
-        loss = loss.sum()
-    return loss
-
-
-def reference_softmax_focal(logits, target, alpha=None, gamma=2.0, reduction="mean"):
-    logp_y = torch.log_softmax(logits, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
-    loss = -(1 - logp_y.exp()) ** gamma * logp_y
-    if alpha is not None:
-        loss = alpha[target] * loss
-    return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
 
 
 DTYPES = [torch.float64, torch.float32]
