@@ -23,6 +23,9 @@ import them instead of writing their own.
   them returned.
 * **Quiet profiling** (:func:`profile_table`, :func:`stderr_silenced`): the profiler's
   table without its log lines on standard error.
+* **What the compiler sees** (:func:`compile_report`): graph breaks and the operators in
+  Dynamo's and ``torch.export``'s graphs, the output on a fake tensor, the first compiled
+  call's duration, and forward + backward time eager and compiled.
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["OpCounter", "PeakMemory", "cuda_peak_bytes", "make_step", "parameters_of", "peak_bytes",
-           "profile_table", "saved_bytes", "stderr_silenced", "time_step"]
+__all__ = ["CompileReport", "OpCounter", "PeakMemory", "compile_report", "cuda_peak_bytes", "format_compile_reports",
+           "make_step", "parameters_of", "peak_bytes", "profile_table", "saved_bytes", "stderr_silenced", "time_step"]
 
 
 # ----------------------------------------------------------------------------- steps
@@ -337,3 +341,88 @@ def profile_table(fn: Callable, inputs: Sequence, steps: int = 5, row_limit: int
         for _ in range(steps):
             step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+# ----------------------------------------------------------------------------- what the compiler sees
+@dataclass
+class CompileReport:
+    """What ``torch.compile`` and ``torch.export`` see of one callable, and its time each way (:func:`compile_report`)."""
+
+    form: str                    # a name for the callable
+    graph_breaks: int            # torch._dynamo.explain
+    graphs: int
+    graph_ops: list[str]         # call_function targets in the graph(s) Dynamo captured
+    fake_output: str             # what it returns on a FakeTensor (shape, dtype)
+    export_ops: list[str]        # call_function targets in the torch.export graph
+    compile_s: float             # first call of torch.compile(fn, fullgraph=True), forward + backward
+    eager_ms: float              # forward + backward, eager (time_step: minimum of alternating blocks)
+    compiled_ms: float           # forward + backward, compiled (the same blocks)
+
+
+class _AsModule(torch.nn.Module):
+    """``fn`` as a module, for ``torch.export.export``."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def _targets(graph: torch.fx.Graph) -> list[str]:
+    """The functions and methods a graph calls, by name (``layers.reference_gelu.default``, ``mul``, ``erf_``)."""
+    return [str(n.target) if isinstance(n.target, torch._ops.OpOverload) else getattr(n.target, "__name__", str(n.target))
+            for n in graph.nodes if n.op in ("call_function", "call_method")]
+
+
+def compile_report(form: str, fn: Callable[[Tensor], Tensor], x: Tensor, *, backend: str = "inductor") -> CompileReport:
+    """Run ``fn(x)`` through ``torch._dynamo.explain``, a ``FakeTensorMode``, ``torch.export`` and
+    ``torch.compile(fullgraph=True, backend=backend)``, and time its forward + backward eager and compiled.
+
+    Dynamo's caches are reset first, so an earlier compilation of ``fn`` is not reused.
+
+    Args:
+        form: a name for ``fn`` in the report (e.g. ``"autograd.Function"``).
+        fn: one tensor in, one tensor out.
+        x: the input (any shape ``fn`` takes).
+        backend: the torch.compile backend (``"inductor"`` generates fused code;
+            ``"aot_eager"`` traces forward and backward but generates none, so it compiles fast).
+    """
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(x)
+    ops = [t for g in explained.graphs for t in _targets(g.graph)]
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = fn(mode.from_tensor(x))
+        fake_output = f"FakeTensor{tuple(fake.shape)} {str(fake.dtype).replace('torch.', '')}"
+    exported = torch.export.export(_AsModule(fn), (x.detach(),))
+    leaf = x.detach().requires_grad_()
+
+    def eager_step():
+        fn(leaf).sum().backward()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+
+    def compiled_step():
+        compiled(leaf).sum().backward()
+
+    start = time.perf_counter()
+    compiled_step()
+    compile_s = time.perf_counter() - start
+    eager_s, compiled_s = time_step([eager_step, compiled_step], x.device, repeats=5, min_block_s=0.02)
+    return CompileReport(form, explained.graph_break_count, explained.graph_count, ops, fake_output,
+                         _targets(exported.graph), compile_s, eager_s * 1e3, compiled_s * 1e3)
+
+
+def format_compile_reports(reports: Sequence[CompileReport]) -> str:
+    """The reports as a small text table (five lines per report)."""
+    lines = []
+    for r in reports:
+        lines += [f"{r.form}:",
+                  f"  graph breaks {r.graph_breaks}, graphs {r.graphs}; ops in the dynamo graph: {', '.join(r.graph_ops)}",
+                  f"  on a fake tensor: {r.fake_output}",
+                  f"  torch.export graph: {', '.join(r.export_ops)}",
+                  f"  compile (first call) {r.compile_s:.2f} s; forward + backward eager {r.eager_ms:.3f} ms, "
+                  f"compiled {r.compiled_ms:.3f} ms"]
+    return "\n".join(lines)

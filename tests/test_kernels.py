@@ -20,6 +20,7 @@ import layers
 from layers import kernels as K
 from benchmarks import kernels as kernels_benchmark
 from layers.kernels import _cpp, _triton, custom_ops
+from layers.measuring import compile_report, format_compile_reports
 from layers.testing import check_layer as _check_layer
 
 # The fast forms are opaque operators (C++, Triton, a compiled graph) with an autograd
@@ -467,16 +468,19 @@ def test_custom_op_gelu_matches_function_and_builtin():
                 needs_input_grad=False)
 
 
-def test_compare_registrations():
-    by_form = {r.form: r for r in custom_ops.compare_registrations(torch.randn(8, 8), backend="aot_eager")}
-    fn, op = by_form["autograd.Function"], by_form["custom_op"]
+def test_compile_report_of_the_two_registrations():
+    x = torch.randn(8, 8)
+    fn = compile_report("autograd.Function", custom_ops.function_gelu, x, backend="aot_eager")
+    op = compile_report("custom_op", custom_ops.reference_gelu, x, backend="aot_eager")
     assert fn.graph_breaks == op.graph_breaks == 0 and fn.graphs == op.graphs == 1
     assert op.graph_ops == ["layers.reference_gelu.default"] and op.export_ops == ["layers.reference_gelu.default"]
     # The Function is inlined: its forward appears as the ATen ops it calls (x * Phi(x), Phi via erf).
     assert "layers.reference_gelu.default" not in fn.export_ops and "aten.erf.default" in fn.export_ops   # inlined
     assert all(t.startswith("aten.") for t in fn.export_ops)
     assert fn.fake_output == op.fake_output == "FakeTensor(8, 8) float32"
-    assert "custom_op:" in custom_ops.format_comparison([fn, op])
+    assert min(fn.compile_s, fn.eager_ms, fn.compiled_ms, op.compile_s, op.eager_ms, op.compiled_ms) > 0
+    text = format_compile_reports([fn, op]).split("\n")
+    assert len(text) == 10 and text[5] == "custom_op:" and text[9].startswith("  compile (first call) ")
 
 
 # ----------------------------------------------------------------------------- the benchmark
