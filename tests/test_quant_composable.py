@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.conv import Conv2d
-from layers.linear import Linear, LinearFunction
+from layers.linear import Linear
 from layers.quantization import (FakeQuantize, LSQQuantizer, PACTQuantizer, QuantConv2d, QuantLinear,
                                  convert_to_qat, fake_quantize, lsq_quantize, pact_quantize, quant_range)
 
@@ -72,8 +72,6 @@ def test_lsq_jvp_in_scale_and_zero_point():
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.xfail(not getattr(LinearFunction, "generate_vmap_rule", False), strict=True,
-                   reason="needs a vmap rule on layers.linear.LinearFunction")
 def test_per_sample_gradients_of_a_qat_model():
     """vmap(grad(functional_call)) over a QAT model (ranges frozen) equals a loop over samples."""
     torch.manual_seed(0)
