@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from helpers import sgd_step_lowers_loss
+from layers.measuring import saved_bytes
 from layers.normalization import BatchNorm2d, LayerNorm, batch_norm, layer_norm
 from layers.testing import check_layer
 
@@ -101,15 +102,13 @@ def test_batchnorm_it_trains():
 def test_saves_less_than_autograd_through_formula():
     x = torch.randn(8, 4, 6, 6, requires_grad=True)
     bn = BatchNorm2d(4)
-    sizes = []
-    for fn in (bn, lambda t: (t - t.mean((0, 2, 3), keepdim=True))
-               / (t.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt() * bn.weight.view(1, -1, 1, 1)
-               + bn.bias.view(1, -1, 1, 1)):
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-            fn(x)
-        sizes.append(sum(saved))
-    assert sizes[0] < 0.6 * sizes[1]
+
+    def formula(t):
+        mean, var = t.mean((0, 2, 3), keepdim=True), t.var((0, 2, 3), unbiased=False, keepdim=True)
+        return (t - mean) / (var + 1e-5).sqrt() * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+
+    ours, autograd = (saved_bytes(fn, [x], include_inputs=True) for fn in (bn, formula))
+    assert ours < 0.6 * autograd
 
 
 # -------------------------------------------------------------------------- LayerNorm
