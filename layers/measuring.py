@@ -380,7 +380,9 @@ def compile_report(form: str, fn: Callable[[Tensor], Tensor], x: Tensor, *, back
     """Run ``fn(x)`` through ``torch._dynamo.explain``, a ``FakeTensorMode``, ``torch.export`` and
     ``torch.compile(fullgraph=True, backend=backend)``, and time its forward + backward eager and compiled.
 
-    Dynamo's caches are reset first, so an earlier compilation of ``fn`` is not reused.
+    Dynamo's caches are reset first (``torch._dynamo.reset()``: every compiled function of the
+    process, not only ``fn``'s), so an earlier compilation is not reused. The graphs are those of
+    a call on ``x`` as given; the timed steps differentiate with respect to a leaf copy of ``x``.
 
     Args:
         form: a name for ``fn`` in the report (e.g. ``"autograd.Function"``).
